@@ -1,0 +1,296 @@
+"""Configuration: one TOML file, one frozen dataclass per section, validated at load.
+
+Errors name the option path (``c2s.stanza_size_limit_bytes: must be >= 10000``).
+A reload builds a new ``Config``; nothing mutates a config in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``path`` names the offending option."""
+
+    def __init__(self, message: str, path: tuple[str, ...] = ()) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{'.'.join(path)}: {message}" if path else message)
+
+
+def _at_least(path: tuple[str, ...], value: int | float, minimum: int | float) -> None:
+    if value < minimum:
+        raise ConfigError(f"must be >= {minimum}", path)
+
+
+def _port(path: tuple[str, ...], value: int, allow_zero: bool = True) -> None:
+    if not (0 if allow_zero else 1) <= value <= 65535:
+        raise ConfigError("must be a TCP port number (0 disables)" if allow_zero else "must be 1..65535", path)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """``[server]``: the hosted domains and where data lives."""
+
+    domains: tuple[str, ...] = ()
+    data_dir: str = "data"
+    admins: tuple[str, ...] = ()
+
+    def validate(self, path: tuple[str, ...]) -> None:
+        if not self.domains:
+            raise ConfigError("at least one domain is required", path + ("domains",))
+        for domain in self.domains:
+            if not domain or "@" in domain or "/" in domain:
+                raise ConfigError(f"{domain!r} is not a domain name", path + ("domains",))
+
+
+@dataclass(frozen=True)
+class C2SConfig:
+    """``[c2s]``: client connections (RFC 6120), their security policy and limits."""
+
+    interface: str = "0.0.0.0"
+    port: int = 5222
+    direct_tls_port: int = 5223
+    tls_required: bool = True
+    allow_plain_without_tls: bool = False
+    stanza_size_limit_bytes: int = 262144
+    max_depth: int = 32
+    idle_timeout_s: int = 900
+    auth_timeout_s: int = 60
+    max_unauthenticated: int = 2000
+    max_resources_per_account: int = 16
+    max_auth_failures: int = 3
+
+    def validate(self, path: tuple[str, ...]) -> None:
+        _port(path + ("port",), self.port)
+        _port(path + ("direct_tls_port",), self.direct_tls_port)
+        _at_least(path + ("stanza_size_limit_bytes",), self.stanza_size_limit_bytes, 10000)
+        _at_least(path + ("max_depth",), self.max_depth, 4)
+        _at_least(path + ("idle_timeout_s",), self.idle_timeout_s, 1)
+        _at_least(path + ("auth_timeout_s",), self.auth_timeout_s, 1)
+        _at_least(path + ("max_unauthenticated",), self.max_unauthenticated, 1)
+        _at_least(path + ("max_resources_per_account",), self.max_resources_per_account, 1)
+        _at_least(path + ("max_auth_failures",), self.max_auth_failures, 1)
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """``[tls]``: the certificate; empty paths mean ``<data_dir>/<domain>.crt/.key`` (generated)."""
+
+    certificate: str = ""
+    private_key: str = ""
+
+    def validate(self, path: tuple[str, ...]) -> None:
+        if bool(self.certificate) != bool(self.private_key):
+            raise ConfigError("certificate and private_key go together", path)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """``[storage]``: the backend. SQLite in the data directory is the default."""
+
+    backend: str = "sqlite"
+    path: str = "tigasepy.sqlite"
+
+    def validate(self, path: tuple[str, ...]) -> None:
+        if self.backend not in ("sqlite", "memory"):
+            raise ConfigError("must be 'sqlite' or 'memory'", path + ("backend",))
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """``[auth]``: how credentials are stored and checked."""
+
+    scram_iterations: int = 10000
+    scram_hashes: tuple[str, ...] = ("SHA-1", "SHA-256")
+
+    def validate(self, path: tuple[str, ...]) -> None:
+        _at_least(path + ("scram_iterations",), self.scram_iterations, 4096)
+        for name in self.scram_hashes:
+            if name not in ("SHA-1", "SHA-256"):
+                raise ConfigError(f"unknown hash {name!r}", path + ("scram_hashes",))
+        if not self.scram_hashes:
+            raise ConfigError("at least one hash is required", path + ("scram_hashes",))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``[log]``: log level."""
+
+    level: str = "info"
+
+    def validate(self, path: tuple[str, ...]) -> None:
+        if self.level not in ("debug", "info", "warn", "error"):
+            raise ConfigError("must be debug, info, warn or error", path + ("level",))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration. ``extensions`` keeps each ``[extensions.NAME]`` table raw;
+    the extension's own ``config_type`` parses it when the extension is loaded."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    c2s: C2SConfig = field(default_factory=C2SConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory (relative paths are relative to the config file's folder)."""
+        data = Path(self.server.data_dir)
+        if not data.is_absolute() and self.source:
+            data = Path(self.source).parent / data
+        return data
+
+    def validate(self) -> "Config":
+        """Check every section; returns self for chaining."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if hasattr(value, "validate"):
+                value.validate((f.name,))
+        if not isinstance(self.extensions, Mapping):
+            raise ConfigError("must be a table", ("extensions",))
+        return self
+
+
+def _convert(value: Any, hint: Any, path: tuple[str, ...]) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError("must be true or false", path)
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError("must be an integer", path)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError("must be a number", path)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError("must be a string", path)
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError("must be a list", path)
+        (item_hint, *_rest) = typing.get_args(hint)
+        return tuple(_convert(v, item_hint, path) for v in value)
+    return value
+
+
+def section_from_dict(cls: type, raw: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    """Build the dataclass ``cls`` from a TOML table, rejecting unknown keys and wrong types.
+
+    Calls the instance's ``validate(path)`` when it has one.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError("must be a table", path)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r}", path + (unknown[0],))
+    kwargs = {k: _convert(v, hints[k], path + (k,)) for k, v in raw.items()}
+    instance = cls(**kwargs)
+    if hasattr(instance, "validate"):
+        instance.validate(path)
+    return instance
+
+
+_SECTIONS = {"server": ServerConfig, "c2s": C2SConfig, "tls": TLSConfig, "storage": StorageConfig,
+             "auth": AuthConfig, "log": LogConfig}
+
+
+def config_from_dict(raw: Mapping[str, Any], source: str = "") -> Config:
+    """Build and validate a ``Config`` from parsed TOML."""
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"extensions"})
+    if unknown:
+        raise ConfigError("unknown section", (unknown[0],))
+    sections = {name: section_from_dict(cls, raw.get(name, {}), (name,)) for name, cls in _SECTIONS.items()}
+    extensions = raw.get("extensions", {})
+    if not isinstance(extensions, Mapping) or any(not isinstance(v, Mapping) for v in extensions.values()):
+        raise ConfigError("must be a table of [extensions.NAME] tables", ("extensions",))
+    config = Config(extensions=dict(extensions), source=source, **sections)
+    return config.validate()
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the TOML file at ``path``."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"no config file at {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return config_from_dict(raw, source=str(path.resolve()))
+
+
+def default_domain() -> str:
+    """The machine's fully qualified host name, the default XMPP domain."""
+    name = socket.getfqdn() or socket.gethostname() or "localhost"
+    return name.lower().rstrip(".")
+
+
+def default_config_text(domain: str) -> str:
+    """The commented config written on first start."""
+    c2s = C2SConfig()
+    return f"""\
+# tigasepy configuration. Every option below shows its default; uncomment to change.
+# Changes to this file apply on restart (or on reload where the docs say so).
+
+[server]
+# The XMPP domains this server hosts accounts for. The first one is the default.
+domains = ["{domain}"]
+# Where the database, the generated certificate and other state live
+# (relative to this file's folder).
+data_dir = "data"
+# Bare JIDs allowed to use administrative commands.
+# admins = ["admin@{domain}"]
+
+[c2s]
+# interface = "{c2s.interface}"
+# port = {c2s.port}                      # STARTTLS (RFC 6120); 0 disables
+# direct_tls_port = {c2s.direct_tls_port}           # direct TLS (XEP-0368); 0 disables
+# tls_required = {str(c2s.tls_required).lower()}            # refuse SASL before STARTTLS
+# allow_plain_without_tls = {str(c2s.allow_plain_without_tls).lower()} # lab/benchmark only: offers PLAIN on plain text
+# stanza_size_limit_bytes = {c2s.stanza_size_limit_bytes}
+# max_depth = {c2s.max_depth}
+# idle_timeout_s = {c2s.idle_timeout_s}
+# auth_timeout_s = {c2s.auth_timeout_s}
+# max_unauthenticated = {c2s.max_unauthenticated}
+# max_resources_per_account = {c2s.max_resources_per_account}
+# max_auth_failures = {c2s.max_auth_failures}
+
+[tls]
+# Empty means <data_dir>/<domain>.crt and .key, self-signed and generated on first start.
+# certificate = "/etc/ssl/certs/{domain}.pem"
+# private_key = "/etc/ssl/private/{domain}.key"
+
+[storage]
+# backend = "sqlite"                # or "memory" (tests and benchmarks: nothing is kept)
+# path = "tigasepy.sqlite"          # relative to data_dir
+
+[auth]
+# scram_iterations = 10000
+# scram_hashes = ["SHA-1", "SHA-256"]
+
+[log]
+# level = "info"
+
+# Extensions: each [extensions.NAME] table takes `enabled` plus the extension's options.
+[extensions.register]
+# In-band registration (XEP-0077): anyone can create an account when enabled.
+enabled = false
+"""

@@ -1,0 +1,74 @@
+"""Built-in session-manager extensions, each registered through the public ``ExtensionHost`` API.
+
+``BUILTIN`` names every built-in extension (``module:Class``) with whether it is
+enabled when its ``[extensions.NAME]`` table does not say ``enabled``. Third-party
+extensions are named by their dotted class path as the table key's ``class`` option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Mapping
+
+from tigasepy.config import ConfigError, section_from_dict
+
+BUILTIN: dict[str, tuple[str, bool]] = {
+    "disco": ("tigasepy.extensions.disco:ServiceDiscovery", True),
+    "roster": ("tigasepy.extensions.roster:Roster", True),
+    "presence": ("tigasepy.extensions.presence:Presence", True),
+    "message": ("tigasepy.extensions.message:MessageDelivery", True),
+    "offline": ("tigasepy.extensions.offline:OfflineMessages", True),
+    "ping": ("tigasepy.extensions.ping:Ping", True),
+    "version": ("tigasepy.extensions.version:SoftwareVersion", True),
+    "register": ("tigasepy.extensions.register:InBandRegistration", False),
+}
+
+
+def load_class(path: str) -> type:
+    """Import ``module:Class`` (or ``module.Class``)."""
+    module, sep, name = path.partition(":")
+    if not sep:
+        module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def enabled_extensions(tables: Mapping[str, Mapping[str, Any]]) -> list[tuple[type, Any]]:
+    """The extension classes to load, in load order, each with its parsed config.
+
+    Built-ins come first (in ``BUILTIN`` order) unless ``enabled = false``; every other
+    ``[extensions.NAME]`` table must give ``class = "package.module:Class"``.
+    """
+    out = []
+    names = list(BUILTIN) + [n for n in tables if n not in BUILTIN]
+    for name in names:
+        raw = dict(tables.get(name, {}))
+        path = ("extensions", name)
+        enabled = raw.pop("enabled", BUILTIN[name][1] if name in BUILTIN else True)
+        if not isinstance(enabled, bool):
+            raise ConfigError("must be true or false", path + ("enabled",))
+        class_path = raw.pop("class", BUILTIN[name][0] if name in BUILTIN else None)
+        if not enabled:
+            continue
+        if not class_path:
+            raise ConfigError("an extension that is not built in needs class = 'module:Class'", path)
+        try:
+            cls = load_class(class_path)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise ConfigError(f"cannot load {class_path!r}: {e}", path + ("class",)) from None
+        config_type = getattr(cls, "config_type", None)
+        if config_type is None:
+            if raw:
+                raise ConfigError(f"unknown option {sorted(raw)[0]!r}", path + (sorted(raw)[0],))
+            config = None
+        else:
+            config = section_from_dict(config_type, raw, path)
+        out.append((cls, config))
+    return out
+
+
+def defaults_of(config_type: type | None) -> dict[str, Any]:
+    """The default option values of an extension config type (for docs)."""
+    if config_type is None:
+        return {}
+    return {f.name: f.default for f in dataclasses.fields(config_type)}

@@ -1,0 +1,1 @@
+"""The session manager: bound sessions, the extension pipeline and delivery to local users."""

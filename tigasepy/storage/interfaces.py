@@ -1,0 +1,123 @@
+"""Storage interfaces, one per area. Extensions ask for these, never for a backend class.
+
+Every method returns a Deferred (memory stores return already-fired ones) so that
+callers are the same for every backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from zope.interface import Interface
+
+
+class AccountExists(Exception):
+    """An account with that JID already exists."""
+
+
+class NoSuchAccount(Exception):
+    """No account with that JID exists."""
+
+
+@dataclass(frozen=True)
+class ScramCredential:
+    """The salted SCRAM keys of one account for one hash (RFC 5802 section 3). Never a password."""
+
+    hash_name: str        # "SHA-1" or "SHA-256"
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+
+class IAccountStore(Interface):
+    """Accounts and their SCRAM credentials. JIDs are bare strings, already prepared."""
+
+    def create(jid: str, credentials: list[ScramCredential]) -> Any:
+        """Create an account; fails with ``AccountExists``."""
+
+    def set_credentials(jid: str, credentials: list[ScramCredential]) -> Any:
+        """Replace the account's credentials; fails with ``NoSuchAccount``."""
+
+    def get_credential(jid: str, hash_name: str) -> Any:
+        """Fires with the ``ScramCredential`` for ``hash_name``, or None (no account or no such hash)."""
+
+    def exists(jid: str) -> Any:
+        """Fires with True when the account exists."""
+
+    def delete(jid: str) -> Any:
+        """Delete the account and its credentials; fires with True if it existed."""
+
+    def list_accounts(domain: str | None = None) -> Any:
+        """Fires with the sorted bare JIDs of all accounts (of ``domain`` when given)."""
+
+
+@dataclass(frozen=True)
+class RosterItem:
+    """One contact in a user's roster with its RFC 6121 subscription state.
+
+    ``subscription`` is none/to/from/both; ``ask`` is True for pending-out;
+    ``pending_in`` holds an unanswered inbound subscription request; ``approved``
+    is a subscription pre-approval (RFC 6121 3.4); ``in_roster`` is False for a
+    row kept only to remember ``pending_in`` for a contact the user never added.
+    """
+
+    contact: str
+    name: str | None = None
+    subscription: str = "none"
+    ask: bool = False
+    pending_in: bool = False
+    approved: bool = False
+    groups: tuple[str, ...] = ()
+    in_roster: bool = True
+
+
+class IRosterStore(Interface):
+    """Rosters (RFC 6121 section 2) keyed by the owner's bare JID."""
+
+    def get_items(owner: str) -> Any:
+        """Fires with a list of every ``RosterItem`` row of ``owner`` (hidden ones too)."""
+
+    def get_item(owner: str, contact: str) -> Any:
+        """Fires with the ``RosterItem`` for ``contact`` or None."""
+
+    def put_item(owner: str, item: RosterItem) -> Any:
+        """Insert or replace the row for ``item.contact``; bumps the roster version."""
+
+    def remove_item(owner: str, contact: str) -> Any:
+        """Delete the row for ``contact`` if present; bumps the roster version."""
+
+    def get_version(owner: str) -> Any:
+        """Fires with the roster version, an integer that grows on every change."""
+
+    def remove_owner(owner: str) -> Any:
+        """Delete the whole roster of ``owner`` (account removal)."""
+
+
+@dataclass(frozen=True)
+class OfflineMessage:
+    """A message stored for an account with no available resource."""
+
+    id: int
+    stamp: float          # seconds since the epoch when the server received it
+    xml: str              # the serialized stanza
+
+
+class IOfflineStore(Interface):
+    """Messages kept for offline users (RFC 6121 8.5.2.2, XEP-0160)."""
+
+    def append(owner: str, xml: str, stamp: float) -> Any:
+        """Store a message; fires with its id once it is durable."""
+
+    def count(owner: str) -> Any:
+        """Fires with the number of stored messages for ``owner``."""
+
+    def fetch(owner: str, limit: int | None = None) -> Any:
+        """Fires with the stored ``OfflineMessage`` list, oldest first, without removing them."""
+
+    def delete(owner: str, ids: list[int]) -> Any:
+        """Remove the given messages (after they were delivered)."""
+
+    def remove_owner(owner: str) -> Any:
+        """Delete every stored message of ``owner``."""

@@ -1,0 +1,1 @@
+"""Pure XMPP data helpers: namespaces, addresses, errors. Imports nothing else of tigasepy."""
