@@ -1,0 +1,103 @@
+"""Open the stores a configuration asks for: ``open_stores(config, reactor)``.
+
+Code asks the result for a store by interface (``stores.get(IRosterStore)``),
+never by backend class.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface.interface import InterfaceClass
+
+from tigasepy.config import Config
+from tigasepy.storage.database import Database
+from tigasepy.storage.engines import SqliteEngine
+from tigasepy.storage.interfaces import IAccountStore, IOfflineStore, IRosterStore
+from tigasepy.storage.memory import MemoryAccountStore, MemoryOfflineStore, MemoryRosterStore
+from tigasepy.storage.migrate import upgrade_txn
+from tigasepy.storage.sql.accounts import SqlAccountStore
+from tigasepy.storage.sql.offline import SqlOfflineStore
+from tigasepy.storage.sql.roster import SqlRosterStore
+
+#: interface -> how to build its SQL store from (database, reactor). Add new areas here.
+SQL_STORES: Mapping[InterfaceClass, Callable[[Database, Any], Any]] = MappingProxyType({
+    IAccountStore: lambda db, reactor: SqlAccountStore(db, clock=reactor),
+    IRosterStore: lambda db, reactor: SqlRosterStore(db),
+    IOfflineStore: lambda db, reactor: SqlOfflineStore(db),
+})
+
+#: interface -> its memory store class. Add new areas here.
+MEMORY_STORES: Mapping[InterfaceClass, Callable[[], Any]] = MappingProxyType({
+    IAccountStore: MemoryAccountStore,
+    IRosterStore: MemoryRosterStore,
+    IOfflineStore: MemoryOfflineStore,
+})
+
+
+class Stores:
+    """The open stores of one server, looked up by interface."""
+
+    _log = Logger()
+
+    def __init__(self, stores: Mapping[InterfaceClass, Any], database: Database | None = None) -> None:
+        """
+        Args:
+            stores: one store per storage interface.
+            database: the database behind them (None for memory stores).
+        """
+        self._stores = dict(stores)
+        self.database = database
+
+    def get(self, interface: InterfaceClass) -> Any:
+        """The store providing ``interface``.
+
+        Raises:
+            KeyError: no store for that interface.
+        """
+        return self._stores[interface]
+
+    def start(self) -> "defer.Deferred[list[int]]":
+        """Bring the schema up to date; fires with the schema versions applied."""
+        if self.database is None:
+            return defer.succeed([])
+        d = self.database.run_interaction("upgrade_schema", upgrade_txn, self.database.engine)
+
+        def report(applied: list[int]) -> list[int]:
+            if applied:
+                self._log.info("database schema upgraded to version {version}", version=applied[-1])
+            return applied
+
+        return d.addCallback(report)
+
+    def close(self) -> "defer.Deferred[None]":
+        """Close the database (if any); the stores must not be used afterwards."""
+        if self.database is not None:
+            self.database.close()
+        return defer.succeed(None)
+
+
+def open_stores(config: Config, reactor: Any) -> Stores:
+    """Build the stores ``config.storage`` names (not yet migrated: call ``start``).
+
+    ``sqlite`` keeps a file at ``config.data_path / config.storage.path`` (the
+    data directory is created); ``memory`` keeps nothing across restarts.
+    """
+    backend = config.storage.backend
+    if backend == "memory":
+        return Stores({iface: make() for iface, make in MEMORY_STORES.items()})
+    if backend == "sqlite":
+        database = Database(SqliteEngine(sqlite_path(config)), reactor)
+        return Stores({iface: make(database, reactor) for iface, make in SQL_STORES.items()}, database)
+    raise ValueError(f"unknown storage backend {backend!r}")
+
+
+def sqlite_path(config: Config, create_dir: bool = True) -> str:
+    """The SQLite file ``config`` names; creates the data directory when asked."""
+    data = config.data_path
+    if create_dir:
+        data.mkdir(parents=True, exist_ok=True)
+    return str(data / config.storage.path)
