@@ -4,27 +4,19 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.words.xish import domish
 from zope.interface import implementer
 
 from tigasepy.interfaces import IClientSession, IComponent
 from tigasepy.sm.manager import SessionManager
+from tigasepy.stream.parser import parse_stanza
 from tigasepy.xmpp.errors import error_condition
 
 
 def parse_xml(text: str) -> domish.Element:
     """Parse one stanza written as client XML into a namespace-neutral element."""
-    from tigasepy.stream.parser import StreamParser
-
-    out: list[domish.Element] = []
-    parser = StreamParser(lambda h: None, out.append, lambda: None, max_stanza_bytes=1 << 20)
-    parser.content_namespace = "jabber:client"
-    parser.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
-    parser.feed(text.encode("utf-8"))
-    [element] = out
-    return element
+    return parse_stanza(text)
 
 
 @implementer(IClientSession)
@@ -121,8 +113,3 @@ class SMHarness:
 def condition(stanza: domish.Element) -> str | None:
     """The error condition of ``stanza`` (shortcut for tests)."""
     return error_condition(stanza)
-
-
-def settle() -> None:
-    """Nothing to do for fired Deferreds; a marker that memory stores answered synchronously."""
-    defer.succeed(None)

@@ -36,6 +36,11 @@ class ExtensionHost:
         return self._sm.clock
 
     @property
+    def server_config(self) -> Any:
+        """The whole server ``Config`` (read-only)."""
+        return self._sm.config
+
+    @property
     def domains(self) -> tuple[str, ...]:
         """The domains this server hosts."""
         return self._sm.domains
@@ -43,6 +48,11 @@ class ExtensionHost:
     def is_local(self, domain: str | None) -> bool:
         """True when ``domain`` is hosted here."""
         return self._sm.is_local_domain(domain or "")
+
+    @property
+    def disco(self) -> Any:
+        """The disco registry (features and identities every extension declared); read it only."""
+        return self._sm.disco
 
     def store(self, interface: Any) -> Any:
         """The store providing ``interface`` (e.g. ``IRosterStore``)."""

@@ -29,6 +29,7 @@ from tigasepy.sm.host import ExtensionHost, StreamFeature
 from tigasepy.sm.session import BoundSession
 from tigasepy.storage.interfaces import IAccountStore
 from tigasepy.xmpp.errors import StanzaError
+from tigasepy.xmpp.jid import domain_of
 from tigasepy.xmpp.stanza import iq_result
 
 _IQ_TYPES = frozenset({"get", "set", "result", "error"})
@@ -45,18 +46,20 @@ class SessionManager(service.Service):
         router: where stanzas for other domains go.
         clock: the reactor (time and timers).
         max_resources: bound resources allowed per account.
+        config: the whole server ``Config`` (read-only; extensions may consult it).
     """
 
     _log = Logger()
 
     def __init__(self, domains: Iterable[str], stores: Any, router: IRouter, clock: IReactorTime,
-                 max_resources: int = 16) -> None:
+                 max_resources: int = 16, config: Any = None) -> None:
         self.domains = tuple(domains)
         self._domain_set = frozenset(self.domains)
         self.stores = stores
         self.router = router
         self.clock = clock
         self.max_resources = max_resources
+        self.config = config
         self.iqs = IqTable()
         self.hooks = HookTable()
         self.disco = DiscoRegistry()
@@ -204,7 +207,7 @@ class SessionManager(service.Service):
     def route(self, stanza: domish.Element) -> None:
         """Send ``stanza`` towards its ``to``: local accounts directly, anything else via the router."""
         to = stanza.getAttribute("to")
-        domain = _domain_of(to) if to else None
+        domain = domain_of(to).lower() if to else None
         if domain is not None and domain in self._domain_set:
             self.deliver(stanza)
         else:
@@ -411,9 +414,3 @@ def _iq_reply(request: domish.Element, result: Any) -> domish.Element:
     if isinstance(result, domish.Element) and result.name == "iq" and result.uri is None:
         return result
     return iq_result(request, result if isinstance(result, domish.Element) else None)
-
-
-def _domain_of(address: str) -> str:
-    """The domain part of a JID string (no preparation)."""
-    head = address.split("/", 1)[0]
-    return head.rpartition("@")[2]

@@ -56,6 +56,7 @@ class StreamParser:
         parser = expat.ParserCreate("UTF-8", " ")
         parser.buffer_text = True
         parser.ordered_attributes = False
+        parser.StartNamespaceDeclHandler = self._namespace_declared
         parser.StartElementHandler = self._start
         parser.EndElementHandler = self._end
         parser.CharacterDataHandler = self._text
@@ -74,6 +75,7 @@ class StreamParser:
         self._error: StreamParseError | None = None
         self._started = False
         self._ended = False
+        self._default_namespace: str | None = None
 
     def reset(self) -> None:
         """Start over with a fresh parser: after STARTTLS and SASL the stream restarts."""
@@ -107,6 +109,10 @@ class StreamParser:
     def _restricted(self, *args: object) -> None:
         self._fail("restricted-xml", "DTDs, comments, processing instructions and entities are not allowed")
 
+    def _namespace_declared(self, prefix: str | None, uri: str) -> None:
+        if self._depth == 0 and not prefix:
+            self._default_namespace = uri
+
     def _split(self, qname: str) -> tuple[str | None, str]:
         uri, _, local = qname.rpartition(" ")
         return (uri or None), local
@@ -121,6 +127,8 @@ class StreamParser:
             for key, value in attrs.items():
                 auri, _, local = key.rpartition(" ")
                 header["xml:lang" if auri == _XML_NS else local] = value
+            if self._default_namespace is not None:
+                header["xmlns"] = self._default_namespace
             header["__uri__"] = uri or ""
             header["__name__"] = name
             self._on_start(header)
@@ -166,3 +174,17 @@ class StreamParser:
             self._mark = self._fed
         elif self._depth == 1:
             self._fail("bad-format", "text is not allowed between stanzas")
+
+
+def parse_stanza(xml: str | bytes, content_namespace: str = "jabber:client",
+                 max_bytes: int = 1 << 20) -> domish.Element:
+    """Parse one serialized, namespace-neutral stanza (as stored offline) back into an element."""
+    out: list[domish.Element] = []
+    parser = StreamParser(lambda header: None, out.append, lambda: None, max_stanza_bytes=max_bytes)
+    parser.content_namespace = content_namespace
+    parser.feed(f"<stream:stream xmlns='{content_namespace}' "
+                "xmlns:stream='http://etherx.jabber.org/streams'>".encode())
+    parser.feed(xml if isinstance(xml, bytes) else xml.encode("utf-8"))
+    if len(out) != 1:
+        raise StreamParseError("bad-format", "expected exactly one stanza")
+    return out[0]

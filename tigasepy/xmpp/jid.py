@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 
-__all__ = ["JID", "InvalidFormat", "parse_jid", "bare"]
+__all__ = ["JID", "InvalidFormat", "parse_jid", "bare", "domain_of"]
 
 _MAX_PART = 1023
 
@@ -33,3 +33,9 @@ def parse_jid(text: str | None) -> JID | None:
 def bare(jid: JID) -> str:
     """The bare form (``user@host`` or ``host``) of ``jid`` as a string."""
     return jid.userhost()
+
+
+def domain_of(address: str) -> str:
+    """The domain part of a JID string (``user@domain/resource`` -> ``domain``), unprepared."""
+    head = address.split("/", 1)[0]
+    return head.rpartition("@")[2]

@@ -1,0 +1,71 @@
+"""Service discovery (XEP-0030), answered from what the enabled extensions declared."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.words.xish import domish
+from zope.interface import implementer
+
+from tigasepy.interfaces import IExtension, Protocol
+from tigasepy.sm.events import StanzaEvent, Target
+from tigasepy.sm.host import ExtensionHost
+from tigasepy.xmpp import namespaces as ns
+from tigasepy.xmpp.errors import StanzaError
+
+
+@implementer(IExtension)
+class ServiceDiscovery:
+    """``disco#info`` and ``disco#items`` for the server and for accounts."""
+
+    name = "disco"
+    protocols = (Protocol("XEP-0030", "2.5.0", "complete"),)
+    config_type = None
+
+    def __init__(self, config: None, host: ExtensionHost) -> None:
+        self._host = host
+        self._registry = host.disco
+        host.add_identity("server", "im", "tigasepy")
+        host.add_feature(ns.DISCO_INFO)
+        host.add_feature(ns.DISCO_ITEMS)
+        host.add_identity("account", "registered", target=Target.BARE)
+        host.add_feature(ns.DISCO_INFO, target=Target.BARE)
+        host.on_iq(ns.DISCO_INFO, "query", self._info, targets=(Target.HOST, Target.SELF, Target.BARE))
+        host.on_iq(ns.DISCO_ITEMS, "query", self._items, targets=(Target.HOST, Target.SELF, Target.BARE))
+
+    def _info(self, event: StanzaEvent) -> Any:
+        query = event.stanza.firstChildElement()
+        if query.getAttribute("node"):
+            raise StanzaError("item-not-found")
+        target = Target.HOST if event.target is Target.HOST else Target.BARE
+        if target is Target.BARE:
+            return self._account_info(event)
+        return self._build_info(target)
+
+    def _account_info(self, event: StanzaEvent) -> Any:
+        bare = event.to.userhost() if event.to is not None else event.sender.userhost()
+
+        def _answer(exists: bool) -> domish.Element:
+            if not exists:
+                raise StanzaError("service-unavailable")
+            return self._build_info(Target.BARE)
+
+        return self._host.account_exists(bare).addCallback(_answer)
+
+    def _build_info(self, target: Target) -> domish.Element:
+        result = domish.Element((ns.DISCO_INFO, "query"))
+        for identity in self._registry.identities(target):
+            element = result.addElement("identity")
+            element["category"] = identity.category
+            element["type"] = identity.type
+            if identity.name:
+                element["name"] = identity.name
+        for var in self._registry.features(target):
+            result.addElement("feature")["var"] = var
+        return result
+
+    def _items(self, event: StanzaEvent) -> domish.Element:
+        query = event.stanza.firstChildElement()
+        if query.getAttribute("node"):
+            raise StanzaError("item-not-found")
+        return domish.Element((ns.DISCO_ITEMS, "query"))

@@ -1,0 +1,1 @@
+"""Routing between the parts of the server by destination domain."""

@@ -1,0 +1,165 @@
+"""Build the server's service tree from a ``Config``: what twistd runs and what embedders use.
+
+``build_service(config, reactor)`` returns a ``TigaseService`` (a ``MultiService``)
+holding storage, the router, the session manager with its extensions, the
+authentication service and the c2s listeners. Nothing here touches a global reactor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+
+from tigasepy.auth.internal import InternalAuthenticator
+from tigasepy.auth.service import AuthenticationService
+from tigasepy.c2s.factory import ClientStreamFactory
+from tigasepy.config import Config
+from tigasepy.extensions import enabled_extensions
+from tigasepy.router.router import LocalDelivery, Router
+from tigasepy.sm.manager import SessionManager
+from tigasepy.storage.factory import open_stores
+from tigasepy.storage.interfaces import IAccountStore
+from tigasepy import tls
+
+
+class ListenerService(service.Service):
+    """Listens on one endpoint with one factory; remembers the bound port."""
+
+    _log = Logger()
+
+    def __init__(self, name: str, endpoint: Any, factory: Any) -> None:
+        self.setName(name)
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: Any = None
+        self._error: Any = None
+        self._waiters: list[defer.Deferred] = []
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.endpoint.listen(self.factory)
+        d.addCallbacks(self._listened, self._failed)
+
+    def _listened(self, port: Any) -> None:
+        self.port = port
+        address = port.getHost()
+        self._log.info("{name} listening on {host}:{port}", name=self.name, host=address.host,
+                       port=address.port)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(port)
+
+    def _failed(self, failure: Any) -> None:
+        self._log.failure("{name} could not listen", failure, name=self.name)
+        self._error = failure
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(failure)
+
+    def when_listening(self) -> defer.Deferred:
+        """Fires with the listening port once bound (fails if listening failed)."""
+        if self.port is not None:
+            return defer.succeed(self.port)
+        if self._error is not None:
+            return defer.fail(self._error)
+        waiter: defer.Deferred = defer.Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return defer.maybeDeferred(port.stopListening)
+        return None
+
+
+class TigaseService(service.MultiService):
+    """The whole server: storage, router, session manager, authentication and listeners."""
+
+    _log = Logger()
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.stores = open_stores(config, reactor)
+        self.router = Router()
+        self.sm = SessionManager(config.server.domains, self.stores, self.router, reactor,
+                                 max_resources=config.c2s.max_resources_per_account, config=config)
+        for domain in config.server.domains:
+            self.router.add_route(domain, LocalDelivery(domain, self.sm))
+        self.extension_classes = enabled_extensions(config.extensions)
+        accounts = self.stores.get(IAccountStore)
+        authenticator = InternalAuthenticator(accounts, hashes=config.auth.scram_hashes)
+        self.auth = AuthenticationService({d: authenticator for d in config.server.domains},
+                                          allow_plain_without_tls=config.c2s.allow_plain_without_tls)
+        cert, key = tls.ensure_certificate(config)
+        self.tls_context = tls.server_context_factory(cert, key)
+        self.c2s_connections: set[Any] = set()
+        self.listeners: list[ListenerService] = []
+        c2s = config.c2s
+        common = dict(config=c2s, sm=self.sm, auth=self.auth, clock=reactor, tls_context=self.tls_context,
+                      channel_binding=tls.channel_binding, default_domain=config.server.domains[0],
+                      connections=self.c2s_connections)
+        if c2s.port:
+            endpoint = endpoints.TCP4ServerEndpoint(reactor, c2s.port, interface=c2s.interface)
+            self._listen("c2s", endpoint, ClientStreamFactory(**common))
+        if c2s.direct_tls_port:
+            endpoint = endpoints.SSL4ServerEndpoint(reactor, c2s.direct_tls_port, self.tls_context,
+                                                    interface=c2s.interface)
+            self._listen("c2s-direct-tls", endpoint, ClientStreamFactory(direct_tls=True, **common))
+
+    def _listen(self, name: str, endpoint: Any, factory: Any) -> None:
+        listener = ListenerService(name, endpoint, factory)
+        self.listeners.append(listener)
+
+    def listener(self, name: str) -> ListenerService:
+        """The listener service called ``name`` (``c2s``, ``c2s-direct-tls``)."""
+        for listener in self.listeners:
+            if listener.name == name:
+                return listener
+        raise KeyError(name)
+
+    def startService(self) -> None:
+        c2s = self.config.c2s
+        if c2s.allow_plain_without_tls:
+            self._log.warn("SECURITY: PLAIN is offered on unencrypted streams (c2s.allow_plain_without_tls)")
+        if not c2s.tls_required:
+            self._log.warn("SECURITY: clients may authenticate without TLS (c2s.tls_required = false)")
+        super().startService()
+        self.started = defer.Deferred()
+        d = defer.maybeDeferred(self.stores.start)
+        d.addCallback(lambda _: self._start_rest())
+        d.addCallbacks(self.started.callback, self._start_failed)
+
+    def _start_rest(self) -> Any:
+        for cls, ext_config in self.extension_classes:
+            self.sm.load_extension(cls, ext_config)
+        self.sm.startService()
+        for listener in self.listeners:
+            listener.startService()
+        return defer.gatherResults([l.when_listening() for l in self.listeners], consumeErrors=True)
+
+    def _start_failed(self, failure: Any) -> None:
+        self._log.failure("tigasepy failed to start", failure)
+        self.started.errback(failure)
+
+    def stopService(self) -> Any:
+        for stream in list(self.c2s_connections):
+            stream.close("system-shutdown", "The server is shutting down")
+        stops = [defer.maybeDeferred(l.stopService) for l in self.listeners if l.running]
+        if self.sm.running:
+            stops.append(defer.maybeDeferred(self.sm.stopService))
+        d = defer.DeferredList(stops)
+        d.addCallback(lambda _: self.stores.close())
+        d.addCallback(lambda _: service.MultiService.stopService(self))
+        return d
+
+
+def build_service(config: Config, reactor: Any) -> TigaseService:
+    """The service tree for ``config``; start it with ``startService`` (twistd does)."""
+    return TigaseService(config, reactor)
