@@ -15,6 +15,7 @@ from tigasepy.config import ConfigError, section_from_dict
 
 BUILTIN: dict[str, tuple[str, bool]] = {
     "disco": ("tigasepy.extensions.disco:ServiceDiscovery", True),
+    "session": ("tigasepy.extensions.session:LegacySession", True),
     "roster": ("tigasepy.extensions.roster:Roster", True),
     "presence": ("tigasepy.extensions.presence:Presence", True),
     "message": ("tigasepy.extensions.message:MessageDelivery", True),

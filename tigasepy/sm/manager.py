@@ -148,6 +148,7 @@ class SessionManager(service.Service):
             self._log.info("resource conflict on {jid}: the older session is replaced", jid=jid.full())
             self._end(old)
             old.handle.close("conflict", "Replaced by a new session")
+            resources = self._sessions.setdefault(bare, {})
         elif len(resources) >= self.max_resources:
             raise StanzaError("resource-constraint", "too many resources bound")
         session = BoundSession(handle, jid)
