@@ -1,0 +1,153 @@
+"""twistd glue: ``twistd -n tigasepy [--config PATH] [--domain D] [--c2s-port N] [--data-dir DIR]``.
+
+On first start (no config file yet) a commented config for the machine's host name (or
+``--domain``) is written, so that ``twistd -n tigasepy`` in an empty folder gives an
+all-in-one server (ARCHITECTURE.md section 5). Command-line options override the file
+for this run only. This module and ``cli.py`` are the only ones that touch the global
+reactor; everything else has it injected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+from twisted.python import usage
+
+from tigasepy.config import Config, ConfigError, default_config_text, default_domain, load_config
+
+if TYPE_CHECKING:
+    from twisted.application.service import IService
+
+__all__ = ["DEFAULT_CONFIG_PATH", "Options", "build_service", "makeService", "prepare_config"]
+
+_log = Logger()
+
+DEFAULT_CONFIG_PATH = "tigasepy.toml"
+"""The config file used when ``--config`` is not given (in the current directory)."""
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError("a TCP port is 0..65535")
+    return port
+
+
+_port.coerceDoc = "A TCP port number, 0..65535."  # type: ignore[attr-defined]
+
+
+class Options(usage.Options):
+    """Command-line options of the ``tigasepy`` twistd plugin.
+
+    Parsing also loads the configuration (writing it on first start), so that a bad
+    config is reported by twistd as a usage error before anything is started.
+    """
+
+    synopsis = "[--config PATH] [--domain DOMAIN] [--c2s-port PORT] [--data-dir DIR]"
+    longdesc = (
+        "Run the tigasepy XMPP server. Without a config file, a commented one for this "
+        "machine's host name (or --domain) is written at --config and used."
+    )
+    optParameters = [
+        ["config", "c", DEFAULT_CONFIG_PATH, "The TOML config file (written on first start if missing)."],
+        ["domain", "d", None, "Serve only this XMPP domain (overrides [server] domains)."],
+        ["c2s-port", None, None, "Client STARTTLS port (overrides [c2s] port; 0 disables)", _port],
+        ["data-dir", None, None, "Data directory (overrides [server] data_dir; relative to the cwd)."],
+    ]
+
+    #: The loaded, overridden configuration; set by ``postOptions``.
+    loaded_config: Config | None = None
+
+    def postOptions(self) -> None:
+        """Load the configuration; config errors become one-line usage errors."""
+        try:
+            self.loaded_config = prepare_config(self)
+        except ConfigError as e:
+            raise usage.UsageError(f"configuration error: {e}") from None
+
+
+def prepare_config(options: Any) -> Config:
+    """The configuration for a run: the file (written first if missing) plus overrides.
+
+    Args:
+        options: parsed ``Options`` (any mapping with the same keys works).
+
+    Returns:
+        The validated ``Config``.
+
+    Raises:
+        ConfigError: the file is invalid, or an override makes it so.
+    """
+    path = Path(options["config"]).expanduser()
+    domain = options.get("domain")
+    if not path.exists():
+        write_first_config(path, domain or default_domain())
+    try:
+        config = load_config(path)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+
+    server = config.server
+    if domain:
+        server = dataclasses.replace(server, domains=(domain,))
+    if options.get("data-dir"):
+        server = dataclasses.replace(server, data_dir=str(Path(options["data-dir"]).expanduser().absolute()))
+    c2s = config.c2s
+    if options.get("c2s-port") is not None:
+        c2s = dataclasses.replace(c2s, port=int(options["c2s-port"]))
+    return dataclasses.replace(config, server=server, c2s=c2s).validate()
+
+
+def write_first_config(path: Path, domain: str) -> None:
+    """Write the commented default config for ``domain`` at ``path`` (first start).
+
+    Raises:
+        ConfigError: the file cannot be written.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with path.open("x", encoding="utf-8") as f:
+                f.write(default_config_text(domain))
+        except FileExistsError:  # another process wrote it meanwhile: use that one
+            return
+    except OSError as e:
+        raise ConfigError(f"cannot write a first config to {path}: {e.strerror or e}") from None
+    _log.info(
+        "No config file found: wrote a default one for domain {domain} to {path}; "
+        "edit it and restart to change the settings.",
+        domain=domain,
+        path=str(path.absolute()),
+    )
+
+
+def build_service(config: Config, reactor: Any) -> IService:
+    """Build the server's service tree (``tigasepy.service.build_service``).
+
+    Imported on call so that ``twistd tigasepy --help`` stays light, and replaceable in
+    tests of this module.
+    """
+    from tigasepy.service import build_service as build
+
+    return build(config, reactor)
+
+
+def makeService(options: Options) -> IService:
+    """twistd entry point: the whole server tree for the parsed ``options``.
+
+    Raises:
+        usage.UsageError: the configuration is invalid (when ``options`` was not parsed
+            through ``parseOptions``, which reports that earlier).
+    """
+    from twisted.internet import reactor
+
+    config = getattr(options, "loaded_config", None)
+    if config is None:
+        try:
+            config = prepare_config(options)
+        except ConfigError as e:
+            raise usage.UsageError(f"configuration error: {e}") from None
+    return build_service(config, reactor)
