@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
+from tigasepy.config import ConfigError
 from tigasepy.interfaces import IExtension, Protocol
 from tigasepy.sm.events import (
     HANDLED, PASS, AccountEvent, AccountRemoved, InitialPresence, SessionEvent, StanzaEvent,
@@ -39,8 +40,6 @@ class OfflineConfig:
 
     def validate(self, path: tuple[str, ...]) -> None:
         """Check the limits."""
-        from tigasepy.config import ConfigError
-
         if self.max_per_user < 1:
             raise ConfigError("must be >= 1", path + ("max_per_user",))
 

@@ -1,0 +1,157 @@
+"""In-band registration (XEP-0077): account creation, password change and removal.
+
+Off by default (``[extensions.register] enabled = true`` turns it on). Before
+authentication it creates accounts; an authenticated user can change the
+password or remove the account, which deletes its data in every store (through
+the ``AccountRemoved`` hook) and ends its sessions.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.words.xish import domish
+from zope.interface import implementer
+
+from tigasepy.auth.accounts import AccountManager, DomainNotHosted, InvalidAccountJID, InvalidPassword
+from tigasepy.auth.plain import in_thread_pool, run_inline
+from tigasepy.config import ConfigError
+from tigasepy.interfaces import IExtension, Protocol
+from tigasepy.sm.events import HANDLED, AccountEvent, AccountRemoved, StanzaEvent, Target
+from tigasepy.sm.host import ExtensionHost
+from tigasepy.storage.interfaces import AccountExists, IAccountStore, NoSuchAccount
+from tigasepy.xmpp import namespaces as ns
+from tigasepy.xmpp.errors import StanzaError
+from tigasepy.xmpp.stanza import iq_result
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """``[extensions.register]``: what users may do in-band."""
+
+    allow_password_change: bool = True
+    allow_removal: bool = True
+    max_registrations_per_minute: int = 10
+    instructions: str = "Choose a username and password to register with this server."
+
+    def validate(self, path: tuple[str, ...]) -> None:
+        """Check the limits."""
+        if self.max_registrations_per_minute < 1:
+            raise ConfigError("must be >= 1", path + ("max_registrations_per_minute",))
+
+
+def _field(query: domish.Element, name: str) -> str | None:
+    element = next(query.elements(ns.REGISTER, name), None)
+    return None if element is None else str(element)
+
+
+@implementer(IExtension)
+class InBandRegistration:
+    """XEP-0077 for unauthenticated streams (create) and for users (change password, remove)."""
+
+    name = "register"
+    protocols = (Protocol("XEP-0077", "2.4", "complete"),)
+    config_type = RegisterConfig
+    _log = Logger()
+
+    def __init__(self, config: RegisterConfig | None, host: ExtensionHost) -> None:
+        self._config = config or RegisterConfig()
+        self._host = host
+        auth = host.server_config.auth if host.server_config is not None else None
+        self._accounts = AccountManager(
+            host.store(IAccountStore),
+            hashes=auth.scram_hashes if auth else ("SHA-1", "SHA-256"),
+            iterations=auth.scram_iterations if auth else 10000,
+            domains=host.domains,
+            run_blocking=in_thread_pool(host.clock) if hasattr(host.clock, "getThreadPool") else run_inline,
+        )
+        self._recent: collections.deque[float] = collections.deque()
+        host.add_feature(ns.REGISTER)
+        host.add_stream_feature(self._stream_feature)
+        host.on_unauthenticated_iq(ns.REGISTER, "query", self._unauthenticated)
+        host.on_iq(ns.REGISTER, "query", self._authenticated, types=("get", "set"),
+                   targets=(Target.SELF, Target.HOST))
+
+    def _stream_feature(self, domain: str, authenticated: bool) -> domish.Element | None:
+        if authenticated:
+            return None
+        return domish.Element((ns.REGISTER_FEATURE, "register"))
+
+    def _form(self) -> domish.Element:
+        query = domish.Element((ns.REGISTER, "query"))
+        query.addElement("instructions", content=self._config.instructions)
+        query.addElement("username")
+        query.addElement("password")
+        return query
+
+    def _unauthenticated(self, domain: str, stanza: domish.Element) -> Any:
+        query = stanza.firstChildElement()
+        if stanza["type"] == "get":
+            return self._form()
+        if next(query.elements(ns.REGISTER, "remove"), None) is not None:
+            raise StanzaError("not-authorized")
+        username, password = _field(query, "username"), _field(query, "password")
+        if not username or not password:
+            raise StanzaError("not-acceptable", "username and password are required")
+        self._throttle()
+        d = self._accounts.register(f"{username}@{domain}", password)
+        d.addCallbacks(lambda _: None, self._map_error)
+        return d
+
+    def _throttle(self) -> None:
+        now = self._host.clock.seconds()
+        while self._recent and self._recent[0] < now - 60:
+            self._recent.popleft()
+        if len(self._recent) >= self._config.max_registrations_per_minute:
+            raise StanzaError("resource-constraint", "Too many registrations; try again later")
+        self._recent.append(now)
+
+    def _map_error(self, failure: Any) -> None:
+        if failure.check(AccountExists):
+            raise StanzaError("conflict", "That username is taken")
+        if failure.check(InvalidAccountJID, DomainNotHosted):
+            raise StanzaError("jid-malformed", "That username is not valid")
+        if failure.check(InvalidPassword):
+            raise StanzaError("not-acceptable", "That password is not acceptable")
+        if failure.check(NoSuchAccount):
+            raise StanzaError("item-not-found")
+        return failure
+
+    def _authenticated(self, event: StanzaEvent) -> Any:
+        bare = event.sender.userhost()
+        query = event.stanza.firstChildElement()
+        if event.stanza["type"] == "get":
+            reply = domish.Element((ns.REGISTER, "query"))
+            reply.addElement("registered")
+            reply.addElement("username", content=event.sender.user)
+            return reply
+        if next(query.elements(ns.REGISTER, "remove"), None) is not None:
+            if not self._config.allow_removal:
+                raise StanzaError("not-allowed")
+            return self._remove(event, bare)
+        username, password = _field(query, "username"), _field(query, "password")
+        if not password or (username is not None and username != event.sender.user):
+            raise StanzaError("bad-request" if not password else "not-allowed")
+        if not self._config.allow_password_change:
+            raise StanzaError("not-allowed")
+        d = self._accounts.set_password(bare, password)
+        d.addCallbacks(lambda _: None, self._map_error)
+        return d
+
+    def _remove(self, event: StanzaEvent, bare: str) -> Any:
+        def removed(_: Any) -> None:
+            self._host.notify(AccountRemoved, AccountEvent(bare))
+            # The reply must reach the client before its stream ends.
+            if event.session is not None:
+                event.session.send(iq_result(event.stanza))
+            for session in self._host.sessions(bare):
+                session.handle.close("not-authorized", "The account was removed")
+            return None
+
+        d = self._accounts.remove(bare)
+        d.addCallbacks(removed, self._map_error)
+        d.addCallback(lambda _: HANDLED)
+        return d
