@@ -132,8 +132,9 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """The whole configuration. ``extensions`` keeps each ``[extensions.NAME]`` table raw;
-    the extension's own ``config_type`` parses it when the extension is loaded."""
+    """The whole configuration. ``extensions`` and ``components`` keep each
+    ``[extensions.NAME]`` / ``[components.NAME]`` table raw; the class's own
+    ``config_type`` parses it when it is loaded."""
 
     server: ServerConfig = field(default_factory=ServerConfig)
     c2s: C2SConfig = field(default_factory=C2SConfig)
@@ -142,6 +143,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    components: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source: str = ""
 
     @property
@@ -214,14 +216,17 @@ _SECTIONS = {"server": ServerConfig, "c2s": C2SConfig, "tls": TLSConfig, "storag
 
 def config_from_dict(raw: Mapping[str, Any], source: str = "") -> Config:
     """Build and validate a ``Config`` from parsed TOML."""
-    unknown = sorted(set(raw) - set(_SECTIONS) - {"extensions"})
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"extensions", "components"})
     if unknown:
         raise ConfigError("unknown section", (unknown[0],))
     sections = {name: section_from_dict(cls, raw.get(name, {}), (name,)) for name, cls in _SECTIONS.items()}
     extensions = raw.get("extensions", {})
     if not isinstance(extensions, Mapping) or any(not isinstance(v, Mapping) for v in extensions.values()):
         raise ConfigError("must be a table of [extensions.NAME] tables", ("extensions",))
-    config = Config(extensions=dict(extensions), source=source, **sections)
+    components = raw.get("components", {})
+    if not isinstance(components, Mapping) or any(not isinstance(v, Mapping) for v in components.values()):
+        raise ConfigError("must be a table of [components.NAME] tables", ("components",))
+    config = Config(extensions=dict(extensions), components=dict(components), source=source, **sections)
     return config.validate()
 
 

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from tigasepy.auth.internal import InternalAuthenticator
 from tigasepy.auth.service import AuthenticationService
 from tigasepy.c2s.factory import ClientStreamFactory
+from tigasepy.components import configured_components
 from tigasepy.config import Config
 from tigasepy.extensions import enabled_extensions
 from tigasepy.router.router import LocalDelivery, Router
@@ -93,6 +94,8 @@ class TigaseService(service.MultiService):
         for domain in config.server.domains:
             self.router.add_route(domain, LocalDelivery(domain, self.sm))
         self.extension_classes = enabled_extensions(config.extensions)
+        self.components = [cls(domain, comp_config)
+                           for cls, domain, comp_config in configured_components(config.components)]
         accounts = self.stores.get(IAccountStore)
         authenticator = InternalAuthenticator(accounts, hashes=config.auth.scram_hashes)
         self.auth = AuthenticationService({d: authenticator for d in config.server.domains},
@@ -139,6 +142,8 @@ class TigaseService(service.MultiService):
     def _start_rest(self) -> Any:
         for cls, ext_config in self.extension_classes:
             self.sm.load_extension(cls, ext_config)
+        for component in self.components:
+            component.attach(self.router)
         self.sm.startService()
         for listener in self.listeners:
             listener.startService()
@@ -154,6 +159,8 @@ class TigaseService(service.MultiService):
         stops = [defer.maybeDeferred(l.stopService) for l in self.listeners if l.running]
         if self.sm.running:
             stops.append(defer.maybeDeferred(self.sm.stopService))
+        for component in self.components:
+            component.detach()
         d = defer.DeferredList(stops)
         d.addCallback(lambda _: self.stores.close())
         d.addCallback(lambda _: service.MultiService.stopService(self))
