@@ -96,8 +96,8 @@ def open_stores(config: Config, reactor: Any) -> Stores:
 
 
 def sqlite_path(config: Config, create_dir: bool = True) -> str:
-    """The SQLite file ``config`` names; creates the data directory when asked."""
+    """The SQLite file ``config`` names; creates the data directory (owner-only) when asked."""
     data = config.data_path
     if create_dir:
-        data.mkdir(parents=True, exist_ok=True)
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
     return str(data / config.storage.path)

@@ -1,0 +1,352 @@
+"""The ``tigasepy`` admin command line: set up a server and manage its accounts.
+
+::
+
+    tigasepy [--config PATH] init [--domain DOMAIN]
+    tigasepy [--config PATH] user add JID [--password P]
+    tigasepy [--config PATH] user passwd JID [--password P]
+    tigasepy [--config PATH] user del JID
+    tigasepy [--config PATH] user list [DOMAIN]
+    tigasepy [--config PATH] db upgrade
+
+These spellings are stable: scripts depend on them. The commands work while the
+server runs: they open the SQLite database (WAL mode) on their own synchronous
+connection, wait for the write lock up to a busy timeout, and run the same
+``*_txn`` functions the server's stores use. No reactor is involved.
+
+To add a subcommand, write a ``Command`` (name, help, ``configure(parser)``,
+``run(args) -> exit status``) and add it to ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sqlite3
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TextIO
+
+from tigasepy.auth.accounts import (
+    DomainNotHosted,
+    InvalidAccountJID,
+    InvalidPassword,
+    make_credentials,
+    prepare_account_jid,
+)
+from tigasepy.config import Config, ConfigError, default_config_text, default_domain, load_config
+from tigasepy.storage.database import run_sync
+from tigasepy.storage.engines import SqliteEngine
+from tigasepy.storage.interfaces import AccountExists, NoSuchAccount
+from tigasepy.storage.migrate import SchemaError, current_version_txn, upgrade_txn
+from tigasepy.storage.sql import accounts as sql_accounts
+from tigasepy.storage.sql import offline as sql_offline
+from tigasepy.storage.sql import roster as sql_roster
+
+PROG = "tigasepy"
+DEFAULT_CONFIG = "tigasepy.toml"
+
+
+class CliError(Exception):
+    """A failure to report as one ``tigasepy: error: ...`` line (exit status 1)."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One top-level subcommand of ``tigasepy``.
+
+    Attributes:
+        name: the word on the command line (``init``, ``user``, ``loadtest``).
+        help: one line for ``tigasepy --help``.
+        configure: adds the command's arguments (and sub-subcommands) to its parser.
+        run: runs it with the parsed arguments; returns the exit status. Raise
+            ``CliError`` for an error the user should see as one line. A command with
+            sub-subcommands may instead set ``run`` on each via ``set_defaults(run=...)``.
+    """
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int] | None = None
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+def _out(text: str) -> None:
+    print(text, file=sys.stdout)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(args.config)
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+
+
+def _database_path(config: Config) -> Path:
+    if config.storage.backend != "sqlite":
+        raise CliError(f"storage backend {config.storage.backend!r} keeps no accounts; "
+                       "set [storage] backend = \"sqlite\"")
+    return config.data_path / config.storage.path
+
+
+@dataclass
+class _Database:
+    """An open, up-to-date database: ``run(fn, *args)`` runs ``fn(cursor, engine, *args)``."""
+
+    connection: Any
+    engine: SqliteEngine
+    path: Path
+    applied: list[int]
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return run_sync(self.connection, self.engine, fn, self.engine, *args)
+
+
+@contextmanager
+def _database(config: Config) -> Iterator[_Database]:
+    """The database of ``config``, migrated (creates the data directory)."""
+    path = _database_path(config)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        engine = SqliteEngine(path)
+        connection = engine.connect()
+    except (OSError, sqlite3.Error) as e:
+        raise CliError(f"cannot open database {path}: {e}") from None
+    try:
+        applied = run_sync(connection, engine, upgrade_txn, engine)
+        yield _Database(connection, engine, path, applied)
+    except SchemaError as e:
+        raise CliError(str(e)) from None
+    except sqlite3.Error as e:
+        raise CliError(f"database {path}: {e}") from None
+    finally:
+        connection.close()
+
+
+def _account_jid(config: Config, text: str) -> str:
+    try:
+        return prepare_account_jid(text, config.server.domains)
+    except (InvalidAccountJID, DomainNotHosted) as e:
+        raise CliError(str(e)) from None
+
+
+def _read_password(given: str | None, stdin: TextIO) -> str:
+    """The password: from the option, else prompted twice on a terminal, else one stdin line."""
+    if given is not None:
+        return given
+    if stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != first:
+            raise CliError("passwords do not match")
+        return first
+    line = stdin.readline()
+    if not line:
+        raise CliError("no password given (use --password, a terminal, or one line on stdin)")
+    return line.rstrip("\r\n")
+
+
+def _credentials(config: Config, password: str) -> list[Any]:
+    try:
+        return make_credentials(password, config.auth.scram_hashes, config.auth.scram_iterations)
+    except InvalidPassword as e:
+        raise CliError(str(e)) from None
+
+
+# --- init ---------------------------------------------------------------------------------
+
+def _configure_init(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--domain", help="the XMPP domain for a new config (default: this host's name)")
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    path = Path(args.config)
+    if path.exists():
+        _out(f"config {path} exists; left as is")
+    else:
+        domain = args.domain or default_domain()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "x", encoding="utf-8") as f:
+                f.write(default_config_text(domain))
+        except OSError as e:
+            raise CliError(f"cannot write {path}: {e}") from None
+        _out(f"wrote config {path} for domain {domain}")
+    config = _load(args)
+    try:
+        config.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"cannot create data directory {config.data_path}: {e}") from None
+    _out(f"data directory {config.data_path} ready")
+    if config.storage.backend != "sqlite":
+        _out(f"storage backend is {config.storage.backend}: no database to prepare")
+        return 0
+    _upgrade(config)
+    return 0
+
+
+def _upgrade(config: Config) -> None:
+    with _database(config) as db:
+        version = db.run(current_version_txn)
+    state = "upgraded to" if db.applied else "up to date at"
+    _out(f"database {db.path} {state} schema version {version}")
+
+
+# --- db -----------------------------------------------------------------------------------
+
+def _configure_db(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="db_action", metavar="ACTION", required=True)
+    upgrade = actions.add_parser("upgrade", help="apply missing schema migrations")
+    upgrade.set_defaults(run=_run_db_upgrade)
+
+
+def _run_db_upgrade(args: argparse.Namespace) -> int:
+    _upgrade(_load(args))
+    return 0
+
+
+# --- user ---------------------------------------------------------------------------------
+
+def _configure_user(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="user_action", metavar="ACTION", required=True)
+    password_help = ("the password (visible to other local users: prefer the prompt, "
+                     "or one line on standard input)")
+
+    add = actions.add_parser("add", help="create an account")
+    add.add_argument("jid", metavar="JID", help="the bare JID, e.g. alice@example.org")
+    add.add_argument("--password", help=password_help)
+    add.set_defaults(run=_run_user_add)
+
+    passwd = actions.add_parser("passwd", help="change an account's password")
+    passwd.add_argument("jid", metavar="JID")
+    passwd.add_argument("--password", help=password_help)
+    passwd.set_defaults(run=_run_user_passwd)
+
+    delete = actions.add_parser("del", help="delete an account with its roster and offline messages")
+    delete.add_argument("jid", metavar="JID")
+    delete.set_defaults(run=_run_user_del)
+
+    listing = actions.add_parser("list", help="list accounts, one bare JID per line")
+    listing.add_argument("domain", metavar="DOMAIN", nargs="?", help="only accounts of this domain")
+    listing.set_defaults(run=_run_user_list)
+
+
+def _run_user_add(args: argparse.Namespace) -> int:
+    config = _load(args)
+    jid = _account_jid(config, args.jid)
+    with _database(config) as db:
+        if db.run(sql_accounts.account_exists_txn, jid):
+            raise CliError(f"user {jid} exists")
+        credentials = _credentials(config, _read_password(args.password, sys.stdin))
+        try:
+            db.run(sql_accounts.create_account_txn, jid, credentials, time.time())
+        except AccountExists:
+            raise CliError(f"user {jid} exists") from None
+    _out(f"added user {jid}")
+    return 0
+
+
+def _run_user_passwd(args: argparse.Namespace) -> int:
+    config = _load(args)
+    jid = _account_jid(config, args.jid)
+    with _database(config) as db:
+        if not db.run(sql_accounts.account_exists_txn, jid):
+            raise CliError(f"no user {jid}")
+        credentials = _credentials(config, _read_password(args.password, sys.stdin))
+        try:
+            db.run(sql_accounts.set_credentials_txn, jid, credentials)
+        except NoSuchAccount:
+            raise CliError(f"no user {jid}") from None
+    _out(f"changed password of user {jid}")
+    return 0
+
+
+def delete_account_and_data_txn(cursor: Any, engine: SqliteEngine, jid: str) -> None:
+    """Delete the account ``jid`` with its roster and offline messages, in one transaction.
+
+    Raises:
+        NoSuchAccount: there is no account ``jid``.
+    """
+    if not sql_accounts.delete_account_txn(cursor, engine, jid):
+        raise NoSuchAccount(jid)
+    sql_roster.remove_owner_txn(cursor, engine, jid)
+    sql_offline.remove_owner_txn(cursor, engine, jid)
+
+
+def _run_user_del(args: argparse.Namespace) -> int:
+    config = _load(args)
+    jid = _account_jid(config, args.jid)
+    with _database(config) as db:
+        try:
+            db.run(delete_account_and_data_txn, jid)
+        except NoSuchAccount:
+            raise CliError(f"no user {jid}") from None
+    _out(f"deleted user {jid}")
+    return 0
+
+
+def _run_user_list(args: argparse.Namespace) -> int:
+    config = _load(args)
+    domain = args.domain
+    if domain is not None:
+        domain = domain.strip().lower()
+        if domain not in config.server.domains:
+            raise CliError(f"domain {domain} is not hosted here (server.domains)")
+    with _database(config) as db:
+        jids = db.run(sql_accounts.list_accounts_txn, domain)
+    for jid in jids:
+        _out(jid)
+    return 0
+
+
+# --- the registry and main ------------------------------------------------------------------
+
+#: Every top-level subcommand, in help order. Add new ones here.
+COMMANDS: tuple[Command, ...] = (
+    Command("init", "write a default config (if missing), create the data directory, prepare the database",
+            _configure_init, _run_init),
+    Command("user", "manage accounts: add, passwd, del, list", _configure_user),
+    Command("db", "database maintenance: upgrade", _configure_db),
+)
+
+
+def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
+    """The argument parser for ``commands``."""
+    parser = argparse.ArgumentParser(prog=PROG, description="tigasepy XMPP server administration")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH",
+                        help=f"the config file (default: {DEFAULT_CONFIG} in the current directory)")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in commands:
+        sub = subcommands.add_parser(command.name, help=command.help, description=command.help)
+        command.configure(sub)
+        if command.run is not None:
+            sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, commands: Sequence[Command] = COMMANDS) -> int:
+    """Run the ``tigasepy`` command line; returns the exit status.
+
+    Args:
+        argv: the arguments after the program name (``sys.argv[1:]`` if None).
+        commands: the subcommands to offer.
+    """
+    parser = build_parser(commands)
+    try:
+        args = parser.parse_args(argv)
+        return int(args.run(args) or 0)
+    except CliError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except SystemExit as e:       # argparse: --help (0) or a usage error (2)
+        return e.code if isinstance(e.code, int) else 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
