@@ -138,16 +138,17 @@ def build_service(config: Config, reactor: Any) -> IService:
 def makeService(options: Options) -> IService:
     """twistd entry point: the whole server tree for the parsed ``options``.
 
+    twistd prints a traceback for any exception raised here, so a configuration error
+    found now (for example an extension that cannot be loaded) ends the process with a
+    one-line message instead.
+
     Raises:
-        usage.UsageError: the configuration is invalid (when ``options`` was not parsed
-            through ``parseOptions``, which reports that earlier).
+        SystemExit: the configuration is invalid.
     """
     from twisted.internet import reactor
 
-    config = getattr(options, "loaded_config", None)
-    if config is None:
-        try:
-            config = prepare_config(options)
-        except ConfigError as e:
-            raise usage.UsageError(f"configuration error: {e}") from None
-    return build_service(config, reactor)
+    try:
+        config = getattr(options, "loaded_config", None) or prepare_config(options)
+        return build_service(config, reactor)
+    except ConfigError as e:
+        raise SystemExit(f"tigasepy: configuration error: {e}") from None

@@ -18,7 +18,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 
 from tigasepy import tap
-from tigasepy.config import default_config_text, load_config
+from tigasepy.config import ConfigError, default_config_text, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -167,12 +167,24 @@ def test_make_service_loads_the_config_when_options_were_not_parsed(in_tmp_dir: 
     assert built[0][0].server.domains == ("configured.example",)
 
 
-def test_make_service_reports_config_errors_as_usage_errors(in_tmp_dir: Path, built: list) -> None:
-    """Without parseOptions, a config error still becomes a usage error."""
+def test_make_service_ends_with_one_line_on_config_errors(in_tmp_dir: Path, built: list) -> None:
+    """Without parseOptions, a config error ends the process with a message, not a traceback."""
     write_config(in_tmp_dir / "tigasepy.toml", extra="[nonsense]\n")
-    with pytest.raises(usage.UsageError):
+    with pytest.raises(SystemExit) as caught:
         tap.makeService(tap.Options())
+    assert str(caught.value).startswith("tigasepy: configuration error: nonsense")
     assert built == []
+
+
+def test_config_error_while_building_ends_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config error found while building the tree (e.g. a missing extension) is one line too."""
+    def failing_build(config: Any, reactor: Any) -> MultiService:
+        raise ConfigError("cannot load 'x:Y'", ("extensions", "x", "class"))
+
+    monkeypatch.setattr(tap, "build_service", failing_build)
+    with pytest.raises(SystemExit) as caught:
+        tap.makeService(parse())
+    assert str(caught.value) == "tigasepy: configuration error: extensions.x.class: cannot load 'x:Y'"
 
 
 def test_plugin_is_discovered_by_twistd() -> None:
