@@ -103,6 +103,7 @@ class _Database:
     applied: list[int]
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one ``*_txn`` function in its own transaction."""
         return run_sync(self.connection, self.engine, fn, self.engine, *args)
 
 

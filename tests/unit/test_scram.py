@@ -289,7 +289,7 @@ def test_other_authzid_gets_invalid_authzid(authzid):
 @pytest.mark.parametrize("message", [
     b"", b"garbage", b"n,,", b"n,,r=abc,n=user", b"n,,n=user", b"x,,n=user,r=abc",
     b"n,,n=us=ZZer,r=abc", b"n,,m=ext,n=user,r=abc", b"n,,n=user,r=abc,m=ext", b"n,b=x,n=user,r=abc",
-    b"n,,n=user,r=a,b", b"\xff\xfe", b"n,,n=user,r=",
+    b"n,,n=user,r=a,b", b"\xff\xfe", b"n,,n=user,r=", b"n,,n=user,r=" + b"x" * 5000,
 ])
 def test_malformed_client_first_gets_malformed_request(message):
     assert failure_condition(server().step(message)) == "malformed-request"
@@ -318,8 +318,9 @@ def test_proof_of_the_wrong_length_gets_not_authorized():
     assert failure_condition(exchange.step(short)) == "not-authorized"
 
 
-def test_unpreparable_username_gets_not_authorized():
-    assert failure_condition(server().step(b"n,,n=a@b,r=abcdef")) == "not-authorized"
+@pytest.mark.parametrize("username", [b"a@b", b"", b"x" * 1024])
+def test_unpreparable_or_overlong_username_gets_not_authorized(username):
+    assert failure_condition(server().step(b"n,,n=" + username + b",r=abcdef")) == "not-authorized"
 
 
 def test_failed_lookup_gets_temporary_auth_failure():

@@ -41,6 +41,12 @@ HASHES: Mapping[str, str] = MappingProxyType({"SHA-1": "sha1", "SHA-256": "sha25
 #: Length of the random salts ``make_credential`` draws.
 SALT_BYTES = 16
 
+#: Longest SCRAM client message accepted.
+MAX_MESSAGE_BYTES = 4096
+
+#: Longest JID localpart (RFC 7622 section 3.3), in UTF-8 bytes.
+_MAX_LOCALPART_BYTES = 1023
+
 _NONCE_CHARS = re.compile(r"^[\x21-\x2b\x2d-\x7e]+$")     # printable ASCII except ","
 _CB_NAME = re.compile(r"^[A-Za-z0-9.-]+$")
 
@@ -400,6 +406,8 @@ class ScramServerExchange:
     def step(self, response: bytes | None) -> "defer.Deferred[SaslChallenge | SaslSuccess]":
         """See ``ISaslExchange.step``."""
         try:
+            if response is not None and len(response) > MAX_MESSAGE_BYTES:
+                raise SaslFailure("malformed-request", "message too long")
             if self._state == "start":
                 if response is None:
                     self._state = "await-first"
@@ -446,7 +454,7 @@ class ScramServerExchange:
             username = nodeprep.prepare(self._username)
         except UnicodeError:
             raise SaslFailure("not-authorized") from None
-        if not username:
+        if not username or len(username.encode("utf-8")) > _MAX_LOCALPART_BYTES:
             raise SaslFailure("not-authorized")
         self._username = username
         jid = f"{username}@{self._context.domain}"

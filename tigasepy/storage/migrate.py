@@ -68,7 +68,7 @@ def current_version_txn(cursor: Any, engine: DatabaseEngine) -> int:
     """The database's schema version, 0 for an empty database."""
     cursor.execute(engine.sql(
         "CREATE TABLE IF NOT EXISTS schema_version ("
-        " version INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)"))
+        " version INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL, applied DOUBLE PRECISION NOT NULL)"))
     cursor.execute(engine.sql("SELECT MAX(version) FROM schema_version"))
     (version,) = cursor.fetchone()
     return int(version or 0)

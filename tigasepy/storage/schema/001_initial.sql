@@ -4,7 +4,7 @@
 
 CREATE TABLE accounts (
     jid TEXT NOT NULL PRIMARY KEY,          -- prepared bare JID
-    created REAL NOT NULL                   -- seconds since the epoch
+    created DOUBLE PRECISION NOT NULL       -- seconds since the epoch
 );
 
 CREATE TABLE credentials (
@@ -38,7 +38,7 @@ CREATE TABLE roster_version (
 CREATE TABLE offline (
     id INTEGER PRIMARY KEY AUTOINCREMENT,   -- SQLite; ids never reused
     owner TEXT NOT NULL,
-    stamp REAL NOT NULL,
+    stamp DOUBLE PRECISION NOT NULL,
     xml TEXT NOT NULL
 );
 
