@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
@@ -15,6 +21,7 @@ from tigasepy.storage.memory import MemoryAccountStore
 from tigasepy.storage.migrate import latest_version, upgrade_txn
 from tigasepy.storage.sql import SqlAccountStore, SqlOfflineStore, SqlRosterStore
 from tigasepy.storage.sql.accounts import list_accounts_txn
+from tigasepy.storage.sql.offline import fetch_txn
 
 
 class Boom(Exception):
@@ -112,3 +119,44 @@ def test_upsert_statement_shape():
     assert engine.upsert("t", ("a",), ("a", "b", "c")) == (
         "INSERT INTO t (a, b, c) VALUES (?, ?, ?) ON CONFLICT (a) DO UPDATE SET b = excluded.b, c = excluded.c")
     assert engine.upsert("t", ("a",), ("a",)).endswith("ON CONFLICT (a) DO NOTHING")
+
+
+_APPEND_THEN_HANG = """
+import sys
+from twisted.internet import reactor
+from tigasepy.storage.database import Database
+from tigasepy.storage.engines import SqliteEngine
+from tigasepy.storage.migrate import upgrade_txn
+from tigasepy.storage.sql.offline import SqlOfflineStore
+
+engine = SqliteEngine(sys.argv[1])
+db = Database(engine, reactor)
+
+async def go():
+    await db.run_interaction("upgrade", upgrade_txn, engine)
+    message_id = await SqlOfflineStore(db).append("alice@example.org", "<message/>", 1.0)
+    print(message_id, flush=True)          # acknowledged: now it must survive a kill
+
+from twisted.internet.defer import Deferred
+reactor.callWhenRunning(lambda: Deferred.fromCoroutine(go()))
+reactor.run()
+"""
+
+
+def test_acknowledged_append_survives_sigkill(tmp_path):
+    """Once ``append`` has fired, the message is on disk even if the process is killed."""
+    path = tmp_path / "db.sqlite"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen([sys.executable, "-c", _APPEND_THEN_HANG, str(path)], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    message_id = int(line)
+    engine = SqliteEngine(path)
+    connection = engine.connect()
+    assert [m.id for m in run_sync(connection, engine, fetch_txn, engine, "alice@example.org")] == [message_id]
+    connection.close()
