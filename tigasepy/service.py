@@ -14,6 +14,8 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from tigasepy.auth.internal import InternalAuthenticator
+from tigasepy.auth.plain import in_thread_pool
+from tigasepy.auth.server_secret import load_or_create_secret
 from tigasepy.auth.service import AuthenticationService
 from tigasepy.c2s.factory import ClientStreamFactory
 from tigasepy.components import configured_components
@@ -97,7 +99,10 @@ class TigaseService(service.MultiService):
         self.components = [cls(domain, comp_config)
                            for cls, domain, comp_config in configured_components(config.components)]
         accounts = self.stores.get(IAccountStore)
-        authenticator = InternalAuthenticator(accounts, hashes=config.auth.scram_hashes)
+        authenticator = InternalAuthenticator(
+            accounts, hashes=config.auth.scram_hashes, fake_iterations=config.auth.scram_iterations,
+            run_blocking=in_thread_pool(reactor),
+            secret=load_or_create_secret(config.data_path / "server-secret"))
         self.auth = AuthenticationService({d: authenticator for d in config.server.domains},
                                           allow_plain_without_tls=config.c2s.allow_plain_without_tls)
         cert, key = tls.ensure_certificate(config)

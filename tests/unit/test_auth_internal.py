@@ -135,3 +135,15 @@ def test_service_refuses_a_mechanism_not_offered(store):
     with pytest.raises(SaslFailure) as info:
         service.start("SCRAM-SHA-256", TLS)
     assert info.value.condition == "invalid-mechanism"
+
+
+def test_server_secret_is_created_private_and_kept_across_restarts(tmp_path):
+    import stat
+
+    from tigasepy.auth.server_secret import load_or_create_secret
+
+    path = tmp_path / "data" / "server-secret"
+    first = load_or_create_secret(path)
+    assert len(first) >= 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_secret(path) == first
