@@ -120,17 +120,6 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
-class LogConfig:
-    """``[log]``: log level."""
-
-    level: str = "info"
-
-    def validate(self, path: tuple[str, ...]) -> None:
-        if self.level not in ("debug", "info", "warn", "error"):
-            raise ConfigError("must be debug, info, warn or error", path + ("level",))
-
-
-@dataclass(frozen=True)
 class Config:
     """The whole configuration. ``extensions`` and ``components`` keep each
     ``[extensions.NAME]`` / ``[components.NAME]`` table raw; the class's own
@@ -141,7 +130,6 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
-    log: LogConfig = field(default_factory=LogConfig)
     extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     components: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source: str = ""
@@ -211,7 +199,7 @@ def section_from_dict(cls: type, raw: Mapping[str, Any], path: tuple[str, ...]) 
 
 
 _SECTIONS = {"server": ServerConfig, "c2s": C2SConfig, "tls": TLSConfig, "storage": StorageConfig,
-             "auth": AuthConfig, "log": LogConfig}
+             "auth": AuthConfig}
 
 
 def config_from_dict(raw: Mapping[str, Any], source: str = "") -> Config:
@@ -290,9 +278,6 @@ data_dir = "data"
 [auth]
 # scram_iterations = 10000
 # scram_hashes = ["SHA-1", "SHA-256"]
-
-[log]
-# level = "info"
 
 # Extensions: each [extensions.NAME] table takes `enabled` plus the extension's options.
 [extensions.register]
