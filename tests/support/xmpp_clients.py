@@ -166,7 +166,7 @@ class TestClient(slixmpp.ClientXMPP):
     """A slixmpp client recording what it receives.
 
     Inboxes: ``messages``, ``presences``, ``roster_pushes`` (IQ sets with a roster),
-    ``stream_errors`` (stream error conditions), ``features`` (stream features elements,
+    ``stream_errors`` (stream error conditions), ``stream_features`` (stream features elements,
     as ``xml.etree`` elements), ``sasl_failures`` (SASL failure conditions).
 
     Automatic roster behaviour (auto-authorize, auto-subscribe) is off, so tests send
@@ -187,7 +187,7 @@ class TestClient(slixmpp.ClientXMPP):
         self.presences = Inbox(f"{jid} presences")
         self.roster_pushes = Inbox(f"{jid} roster pushes")
         self.stream_errors = Inbox(f"{jid} stream errors")
-        self.features = Inbox(f"{jid} stream features")
+        self.stream_features = Inbox(f"{jid} stream features")
         self.sasl_failures = Inbox(f"{jid} SASL failures")
         self.session_started = False
         self._outcome: asyncio.Future | None = None
@@ -198,7 +198,7 @@ class TestClient(slixmpp.ClientXMPP):
         self.register_handler(Callback("test roster pushes", MatchXPath(f"{{{CLIENT}}}iq/{{{ROSTER}}}query"),
                                        self._maybe_push))
         self.register_handler(Callback("test features", MatchXPath(f"{{{STREAMS}}}features"),
-                                       lambda stanza: self.features.put(stanza.xml)))
+                                       lambda stanza: self.stream_features.put(stanza.xml)))
         self.add_event_handler("stream_error", lambda error: self.stream_errors.put(error["condition"]))
         self.add_event_handler("session_start", self._on_session_start)
         self.add_event_handler("failed_auth", self._on_failed_auth)
