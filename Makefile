@@ -37,12 +37,15 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
+# build/ is removed first: setuptools would package stale files left there from deleted modules.
 $(VENV)/.installed-run: $(PY) $(SOURCES)
+	rm -rf build
 	$(PIP) install --quiet .
 	@$(MAKE) --no-print-directory refresh-plugin-cache
 	touch $@
 
 $(VENV)/.installed-test: $(PY) $(SOURCES)
+	rm -rf build
 	$(PIP) install --quiet ".[test]"
 	@$(MAKE) --no-print-directory refresh-plugin-cache
 	touch $@
