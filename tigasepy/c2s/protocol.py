@@ -28,6 +28,7 @@ from tigasepy.interfaces import (
 from tigasepy.stream.parser import StreamParseError, StreamParser
 from tigasepy.xmpp import namespaces as ns
 from tigasepy.xmpp.errors import StanzaError, stream_error
+from tigasepy.xmpp.serialize import to_xml
 from tigasepy.xmpp.stanza import iq_result
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ class ClientStream(protocol.Protocol):
     def send(self, stanza: domish.Element) -> None:
         """Write a stanza to the client."""
         if self.state != _State.CLOSED:
-            self.transport.write(stanza.toXml().encode("utf-8"))
+            self.transport.write(to_xml(stanza).encode("utf-8"))
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """End the stream, with a stream error when ``condition`` is given."""
