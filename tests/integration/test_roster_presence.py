@@ -1,0 +1,174 @@
+"""Roster, presence subscriptions, presence and chat between real slixmpp clients (RFC 6121)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from support.server import extension_available
+from support.xmpp_clients import CLIENT, ROSTER, ClientPool, TestClient, asyncio_test, stanza_text
+
+pytestmark = pytest.mark.skipif(
+    not (extension_available("roster") and extension_available("presence")),
+    reason="the roster and presence extensions have not landed yet")
+
+
+def roster_items(stanza: Any) -> dict[str, dict[str, str | None]]:
+    """jid -> {subscription, ask, name} of the items in a roster result or push."""
+    items = {}
+    for item in stanza.xml.iter(f"{{{ROSTER}}}item"):
+        items[item.get("jid")] = {"subscription": item.get("subscription"), "ask": item.get("ask"),
+                                  "name": item.get("name")}
+    return items
+
+
+async def fetch_roster(client: TestClient) -> dict[str, dict[str, str | None]]:
+    """The roster as the server holds it now (also makes the resource interested in pushes)."""
+    result = await client.get_roster(timeout=5)
+    return roster_items(result)
+
+
+def is_presence(kind: str | None, sender: str | None = None):
+    """Predicate: a presence of type ``kind`` (None: available), optionally from ``sender``
+    (a bare JID matches any resource of it)."""
+
+    def match(stanza: Any) -> bool:
+        if stanza.xml.get("type") != kind:
+            return False
+        if sender is None:
+            return True
+        frm = stanza.xml.get("from", "")
+        return frm == sender or frm.split("/", 1)[0] == sender
+
+    return match
+
+
+def is_push_for(jid: str, **expected: str | None):
+    """Predicate: a roster push carrying ``jid`` with the given attribute values."""
+
+    def match(stanza: Any) -> bool:
+        item = roster_items(stanza).get(jid)
+        return item is not None and all(item.get(k) == v for k, v in expected.items())
+
+    return match
+
+
+def is_chat(body: str):
+    """Predicate: a message with this body."""
+    return lambda stanza: stanza_text(stanza, f"{{{CLIENT}}}body") == body
+
+
+async def online(clients: ClientPool, user: str, resource: str) -> TestClient:
+    """Logged in, roster fetched (interested), initial presence sent."""
+    client = await clients.login(user, resource=resource)
+    await fetch_roster(client)
+    client.send_presence()
+    await client.presences.wait_for(is_presence(None, client.boundjid.full), what="own presence echo")
+    return client
+
+
+@asyncio_test
+async def test_mutual_subscription_then_presence_and_chat(clients: ClientPool) -> None:
+    """alice and bob subscribe to each other, see each other's presence, chat through bare
+    JIDs, and bob sees alice go unavailable when she logs out."""
+    alice = await online(clients, "alice", "home")
+    bob = await online(clients, "bob", "work")
+    a, b = "alice@localhost", "bob@localhost"
+
+    # alice -> bob: subscribe
+    alice.send_presence(pto=b, ptype="subscribe")
+    await alice.roster_pushes.wait_for(is_push_for(b, subscription="none", ask="subscribe"),
+                                       what="push: bob none + ask")
+    request = await bob.presences.wait_for(is_presence("subscribe", a), what="subscribe from alice")
+    assert request.xml.get("from") == a, "subscription requests come from the bare JID"
+
+    # bob approves
+    bob.send_presence(pto=a, ptype="subscribed")
+    await bob.roster_pushes.wait_for(is_push_for(a, subscription="from"), what="push: alice from")
+    await alice.presences.wait_for(is_presence("subscribed", b), what="subscribed from bob")
+    await alice.roster_pushes.wait_for(is_push_for(b, subscription="to", ask=None), what="push: bob to")
+    seen = await alice.presences.wait_for(is_presence(None, b), what="bob's available presence")
+    assert seen.xml.get("from") == "bob@localhost/work"
+
+    # bob -> alice: subscribe, alice approves
+    bob.send_presence(pto=a, ptype="subscribe")
+    await alice.presences.wait_for(is_presence("subscribe", b), what="subscribe from bob")
+    alice.send_presence(pto=b, ptype="subscribed")
+    await alice.roster_pushes.wait_for(is_push_for(b, subscription="both"), what="push: bob both")
+    await bob.roster_pushes.wait_for(is_push_for(a, subscription="both"), what="push: alice both")
+    seen = await bob.presences.wait_for(is_presence(None, a), what="alice's available presence")
+    assert seen.xml.get("from") == "alice@localhost/home"
+
+    assert (await fetch_roster(alice))[b]["subscription"] == "both"
+    assert (await fetch_roster(bob))[a]["subscription"] == "both"
+
+    # chat through bare JIDs
+    alice.send_message(mto=b, mbody="hello bob", mtype="chat")
+    got = await bob.messages.wait_for(is_chat("hello bob"), what="alice's message")
+    assert got.xml.get("from") == "alice@localhost/home"
+    bob.send_message(mto=a, mbody="hello alice", mtype="chat")
+    got = await alice.messages.wait_for(is_chat("hello alice"), what="bob's reply")
+    assert got.xml.get("from") == "bob@localhost/work"
+
+    # presence changes and logout reach the contact
+    alice.send_presence(pshow="away", pstatus="lunch")
+    away = await bob.presences.wait_for(is_presence(None, a), what="alice away")
+    assert stanza_text(away, f"{{{CLIENT}}}show") == "away"
+    await alice.close()
+    gone = await bob.presences.wait_for(is_presence("unavailable", a), what="alice unavailable")
+    assert gone.xml.get("from") == "alice@localhost/home"
+
+
+@asyncio_test
+async def test_presence_is_not_shared_without_subscription(clients: ClientPool) -> None:
+    """Without a subscription, carol does not see bob's presence."""
+    carol = await online(clients, "carol", "c")
+    bob = await online(clients, "bob", "b")
+    bob.send_presence(pshow="dnd")
+    await bob.presences.wait_for(is_presence(None, "bob@localhost"), what="bob's own echo")
+    await bob.ping_server()
+    await carol.ping_server()
+    assert carol.presences.take(is_presence(None, "bob@localhost")) is None
+
+
+@asyncio_test
+async def test_subscription_request_to_an_offline_user_is_delivered_at_login(clients: ClientPool) -> None:
+    """A subscribe sent while bob is offline is kept and shown to him when he comes online."""
+    alice = await online(clients, "alice", "home")
+    alice.send_presence(pto="bob@localhost", ptype="subscribe")
+    await alice.roster_pushes.wait_for(is_push_for("bob@localhost", ask="subscribe"), what="push: ask")
+    bob = await clients.login("bob", resource="late")
+    await fetch_roster(bob)
+    bob.send_presence()
+    await bob.presences.wait_for(is_presence("subscribe", "alice@localhost"), what="pending subscribe")
+
+
+@asyncio_test
+async def test_roster_pushes_reach_every_interested_resource(clients: ClientPool) -> None:
+    """A roster change made by one resource is pushed to both resources that fetched the
+    roster, and not to a resource that never asked for it (RFC 6121 2.1.6)."""
+    phone = await online(clients, "alice", "phone")
+    laptop = await online(clients, "alice", "laptop")
+    quiet = await clients.login("alice", resource="quiet")  # never requests the roster
+    carol = "carol@localhost"
+
+    await phone.update_roster(carol, name="Carol", groups=["Friends"], timeout=5)
+    for resource in (phone, laptop):
+        push = await resource.roster_pushes.wait_for(is_push_for(carol, name="Carol", subscription="none"),
+                                                     what="push: carol added")
+        assert push.xml.get("from") in (None, "alice@localhost"), "pushes come from the account itself"
+
+    # a subscription change is pushed too
+    laptop.send_presence(pto=carol, ptype="subscribe")
+    for resource in (phone, laptop):
+        await resource.roster_pushes.wait_for(is_push_for(carol, ask="subscribe"), what="push: ask")
+
+    # removal from the other resource
+    await laptop.update_roster(carol, subscription="remove", timeout=5)
+    for resource in (phone, laptop):
+        await resource.roster_pushes.wait_for(is_push_for(carol, subscription="remove"), what="push: remove")
+
+    await quiet.ping_server()
+    assert quiet.roster_pushes.items == [], "a resource that never fetched the roster got pushes"
+    assert carol not in await fetch_roster(phone)
