@@ -2,8 +2,9 @@
 
 - Tests under ``tests/integration/`` get the ``integration`` marker automatically, so
   ``pytest -m "not integration"`` is the fast run.
-- No reactor is chosen here: pytest-twisted installs the one given with ``--reactor``
-  (default: Twisted's default reactor); integration tests decide what they need.
+- The reactor is pytest-twisted's, one per run: ``--reactor=asyncio`` from setup.cfg's
+  addopts, because the integration tests share the asyncio loop with slixmpp. The rest
+  of the suite is reactor-agnostic; ``--reactor=default`` runs it on epoll as twistd does.
 - ``in_ci`` / ``missing_service``: a test that needs an outside service (PostgreSQL,
   Redis, LDAP) skips locally when it is absent and fails when ``CI=true``, where
   ``.ci/run`` starts those services.
