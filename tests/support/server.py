@@ -83,6 +83,7 @@ class RunningServer:
     config: Config
     accounts: AccountManager
     passwords: dict[str, str] = field(default_factory=dict)
+    _stopping: defer.Deferred | None = field(default=None, repr=False)
 
     @property
     def domain(self) -> str:
@@ -119,8 +120,14 @@ class RunningServer:
         return self.service.sm.sessions_of(self.jid(user))
 
     def stop(self) -> defer.Deferred:
-        """Stop the whole service tree (closes client streams, listeners, storage)."""
-        return defer.maybeDeferred(self.service.stopService)
+        """Stop the whole service tree (closes client streams, listeners, storage).
+
+        A test may stop the server itself; the fixture's later call then does nothing.
+        """
+        if self._stopping is not None:
+            return defer.succeed(None)
+        self._stopping = defer.maybeDeferred(self.service.stopService)
+        return self._stopping
 
 
 @defer.inlineCallbacks
