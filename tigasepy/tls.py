@@ -49,6 +49,7 @@ CERTIFICATE_VALIDITY_DAYS = 3650
 """How long a generated self-signed certificate is valid (ten years)."""
 
 _EXPORTER_LABEL = b"EXPORTER-Channel-Binding"  # RFC 9266 section 2
+_GENERATED_ORGANIZATION = "tigasepy self-signed"  # marks certificates ensure_certificate may replace
 
 
 # --- certificates ------------------------------------------------------------------------
@@ -58,8 +59,10 @@ def ensure_certificate(config: Config) -> tuple[Path, Path]:
 
     With ``[tls] certificate``/``private_key`` set, those files (relative paths are taken
     from the config file's folder) must exist. With them empty, the files are
-    ``<data_dir>/<first domain>.crt`` and ``.key``; when either is missing, a self-signed
-    certificate for every configured domain (and its subdomains) is generated there.
+    ``<data_dir>/<first domain>.crt`` and ``.key``; when either is missing, or when the
+    certificate is one tigasepy generated and a domain has been added to the config since,
+    a self-signed certificate for every configured domain (and its subdomains) is
+    generated there.
 
     Args:
         config: the server configuration.
@@ -85,7 +88,7 @@ def ensure_certificate(config: Config) -> tuple[Path, Path]:
     data = config.data_path
     cert_path = data / f"{domains[0]}.crt"
     key_path = data / f"{domains[0]}.key"
-    if cert_path.is_file() and key_path.is_file():
+    if cert_path.is_file() and key_path.is_file() and _covers(cert_path, domains):
         return cert_path, key_path
 
     cert_pem, key_pem = generate_self_signed(domains)
@@ -131,7 +134,7 @@ def generate_self_signed(
         names.extend(_alt_names(domain))
     subject = x509.Name([
         x509.NameAttribute(NameOID.COMMON_NAME, _ascii_domain(domains[0])),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tigasepy self-signed"),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, _GENERATED_ORGANIZATION),
     ])
     certificate = (
         x509.CertificateBuilder()
@@ -165,6 +168,25 @@ def generate_self_signed(
         serialization.NoEncryption(),
     )
     return cert_pem, key_pem
+
+
+def _covers(cert_path: Path, domains: tuple[str, ...]) -> bool:
+    """False for a certificate we generated that lacks a configured domain (one was added
+    since), so that it is generated anew; True for any other certificate."""
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except ValueError:
+        return False
+    organizations = certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    if [o.value for o in organizations] != [_GENERATED_ORGANIZATION]:
+        return True  # someone else's certificate: never replace it
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    present = {str(n.value) for n in names}
+    wanted = {str(n.value) for domain in domains for n in _alt_names(domain)}
+    return wanted <= present
 
 
 def _ascii_domain(domain: str) -> str:

@@ -126,6 +126,35 @@ def test_existing_certificate_is_kept(tmp_path: Path, log_events: list) -> None:
     assert not [e for e in log_events if "self-signed" in e.get("log_format", "")]
 
 
+def test_generated_certificate_is_renewed_when_a_domain_is_added(tmp_path: Path) -> None:
+    """A domain added to the config gets into a new self-signed certificate."""
+    cert_path, _ = ensure_certificate(make_config(tmp_path, "example.org"))
+    ensure_certificate(make_config(tmp_path, "example.org", "added.example"))
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "added.example" in names.get_values_for_type(x509.DNSName)
+
+
+def test_a_certificate_tigasepy_did_not_generate_is_never_replaced(tmp_path: Path) -> None:
+    """An operator's certificate placed at the default path stays, even without all domains."""
+    data = tmp_path / "data"
+    data.mkdir()
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "example.org")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    foreign = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(1)
+               .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+               .sign(key, hashes.SHA256()))
+    pem = foreign.public_bytes(serialization.Encoding.PEM)
+    (data / "example.org.crt").write_bytes(pem)
+    (data / "example.org.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+    cert_path, _ = ensure_certificate(make_config(tmp_path, "example.org", "other.example"))
+    assert cert_path.read_bytes() == pem
+
+
 def test_certificate_without_its_key_is_regenerated(tmp_path: Path) -> None:
     """A half-written pair (no key) is replaced by a new, matching pair."""
     config = make_config(tmp_path)
