@@ -21,7 +21,7 @@ from tigasepy.config import Config, ConfigError, default_config_text, default_do
 if TYPE_CHECKING:
     from twisted.application.service import IService
 
-__all__ = ["DEFAULT_CONFIG_PATH", "Options", "build_service", "makeService", "prepare_config"]
+__all__ = ["DEFAULT_CONFIG_PATH", "Options", "build_service", "makeService", "prepare_config", "write_first_config"]
 
 _log = Logger()
 
