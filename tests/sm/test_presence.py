@@ -342,10 +342,12 @@ def test_priority_out_of_range_or_not_a_number_is_bad_request(world, value):
     assert not world.sm.session(f"{ALICE}/home").available
 
 
-def test_unknown_presence_type_is_bad_request(world):
-    alice = login(world, f"{ALICE}/home")
-    world.send(alice, "<presence type='invisible'/>")
+@pytest.mark.parametrize("kind", ["invisible", "available"])
+def test_unknown_presence_type_is_bad_request(world, kind):
+    alice = login(world, f"{ALICE}/home", available=False)
+    world.send(alice, f"<presence type='{kind}'/>")
     assert condition(alice.sent[-1]) == "bad-request"
+    assert not world.sm.session(f"{ALICE}/home").available
 
 
 def test_initial_presence_flushes_offline_messages(stores):

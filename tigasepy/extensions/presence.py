@@ -14,7 +14,9 @@ answered ``subscribed`` by the server. Pre-approval is advertised as the
 Availability: initial presence makes a resource available with its
 ``<priority/>`` (-128..127; anything else is ``bad-request``), is broadcast to the
 contacts with a from/both subscription and to the user's available resources
-(itself included), probes the contacts with a to/both subscription, redelivers
+(itself included), probes the contacts with a to/both subscription (from the
+new resource's full JID, so that only it gets the answers; a local contact's
+answer comes from its own server side, its roster and sessions), redelivers
 pending subscription requests and fires ``InitialPresence``. Later presence is
 broadcast the same way without probes. Directed presence is routed and its
 recipients remembered, so they get ``unavailable`` when the resource goes
@@ -54,6 +56,7 @@ from tigasepy.xmpp.errors import StanzaError
 from tigasepy.xmpp.stanza import copy_element
 
 PRE_APPROVAL = "urn:xmpp:features:pre-approval"
+"""The stream feature namespace announcing subscription pre-approval (RFC 6121 3.4)."""
 _CONTENT_NAMESPACES = (None, ns.CLIENT, ns.SERVER)
 _PRESENCE_TYPES = frozenset({"available", "unavailable", "probe", "error"}) | SUBSCRIPTION_TYPES
 _INITIAL = "presence.initial"   # session.data key: initial presence announced but not yet broadcast
@@ -124,28 +127,27 @@ class Presence:
         kind = event.type
         if session is None:
             return PASS
-        if kind not in _PRESENCE_TYPES:
+        if kind not in _PRESENCE_TYPES or event.stanza.getAttribute("type") == "available":
             session.send(StanzaError("bad-request", "Unknown presence type").to_response(event.stanza))
             return HANDLED
+        to = event.to
         if kind in SUBSCRIPTION_TYPES:
-            if (event.to is None or event.target in (Target.SELF, Target.HOST)
-                    or event.to.userhost() == session.bare):
+            if to is None or event.target in (Target.SELF, Target.HOST) or to.userhost() == session.bare:
                 return HANDLED  # a user is always subscribed to itself; a domain is no contact
-            return self._queue.run(session.bare, self._outbound_subscription, event, session)
+            return self._queue.run(session.bare, self._outbound_subscription, event, session, to.userhost())
         if kind in ("available", "unavailable"):
-            if event.to is None:
+            if to is None:
                 return self._broadcast_from(event, session)
-            return self._directed(event, session)
+            return self._directed(event, session, to)
         return PASS  # probes and errors are routed as they are
 
-    async def _outbound_subscription(self, event: StanzaEvent, session: BoundSession) -> Any:
+    async def _outbound_subscription(self, event: StanzaEvent, session: BoundSession, contact: str) -> Any:
         owner = session.bare
-        contact = event.to.userhost()
         kind = event.type
         item = await self._roster.get_item(owner, contact)
         step = outbound(item, kind, contact, pre_approval=self._config.pre_approval)
         await self._apply(owner, step.before, step.after)
-        if step.push:
+        if step.push and step.after is not None:
             push(self._host, owner, item_element(step.after))
         if step.forward:
             stanza = copy_element(event.stanza)
@@ -202,11 +204,11 @@ class Presence:
             self._host.notify(InitialPresence, SessionEvent(session, stanza))
         return HANDLED
 
-    def _directed(self, event: StanzaEvent, session: BoundSession) -> Any:
+    def _directed(self, event: StanzaEvent, session: BoundSession, to: JID) -> Any:
         if event.target is Target.HOST:
             return PASS
-        target = event.to.full()
-        if event.target is not Target.SELF and event.to.userhost() != session.bare:
+        target = to.full()
+        if event.target is not Target.SELF and to.userhost() != session.bare:
             if event.type == "available":
                 if target not in session.directed and len(session.directed) >= self._config.max_directed:
                     session.send(StanzaError("resource-constraint", "Too many directed presences")
@@ -261,7 +263,7 @@ class Presence:
 
     # -- to local accounts --------------------------------------------------------------
     def _to_local(self, event: StanzaEvent) -> Any:
-        if event.target is Target.HOST:
+        if event.target is Target.HOST or event.to is None:
             return PASS
         kind = event.type
         owner = event.to.userhost()
@@ -295,7 +297,7 @@ class Presence:
                 self._log.info("dropping a subscription request to {owner}: too many pending", owner=owner)
                 return HANDLED
         await self._apply(owner, step.before, step.after)
-        if step.push:
+        if step.push and step.after is not None:
             push(self._host, owner, item_element(step.after))
         if step.forward:
             stanza = copy_element(event.stanza)
@@ -318,10 +320,12 @@ class Presence:
             return HANDLED
         item = await self._roster.get_item(owner, contact)
         if subscribed_from(item):
-            sessions = [s for s in self._host.sessions(owner) if s.available and s.presence is not None]
-            for session in sessions:
-                self._host.route(_addressed(session.presence, reply_to))
-            if not sessions:
+            answered = False
+            for session in self._host.sessions(owner):
+                if session.available and session.presence is not None:
+                    self._host.route(_addressed(session.presence, reply_to))
+                    answered = True
+            if not answered:
                 self._host.route(presence("unavailable", owner, reply_to))
         elif item is None or not item.pending_in:
             self._host.route(presence("unsubscribed", owner, contact))
@@ -331,10 +335,10 @@ class Presence:
     async def _apply(self, owner: str, before: RosterItem | None, after: RosterItem | None) -> None:
         if before == after:
             return
-        if after is None:
-            await self._roster.remove_item(owner, before.contact)
-        else:
+        if after is not None:
             await self._roster.put_item(owner, after)
+        elif before is not None:
+            await self._roster.remove_item(owner, before.contact)
 
     async def _pending_count(self, owner: str) -> int:
         return sum(1 for row in await self._roster.get_items(owner) if not row.in_roster)

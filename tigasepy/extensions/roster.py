@@ -132,7 +132,7 @@ class Roster:
 
     # -- IQ handlers --------------------------------------------------------------------
     async def _get(self, event: StanzaEvent) -> domish.Element:
-        owner = event.sender.userhost()
+        owner = _owner(event)
         if event.session is not None:
             event.session.interested = True
         query = domish.Element((ns.ROSTER, "query"))
@@ -142,8 +142,11 @@ class Roster:
         return query
 
     def _set(self, event: StanzaEvent) -> Any:
-        update = parse_roster_set(first_child(event.stanza), self._config)
-        owner = event.sender.userhost()
+        owner = _owner(event)
+        query = first_child(event.stanza)
+        if query is None:
+            raise StanzaError("bad-request")
+        update = parse_roster_set(query, self._config)
         if update.contact == owner:
             raise StanzaError("not-allowed", "Your own JID cannot be a roster item")
         job = self._remove if update.remove else self._add_or_update
@@ -191,3 +194,10 @@ class Roster:
             self._cancel_subscriptions(owner, item)
         await self._store.remove_owner(owner)
         self._log.info("roster of {owner} removed ({count} rows)", owner=owner, count=len(rows))
+
+
+def _owner(event: StanzaEvent) -> str:
+    """The account whose roster a request is about (only ever its own sender's)."""
+    if event.sender is None:
+        raise StanzaError("forbidden")
+    return event.sender.userhost()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from twisted.internet import defer
 from twisted.words.xish import domish
@@ -34,7 +34,9 @@ SUBSCRIPTION_TYPES = frozenset({"subscribe", "subscribed", "unsubscribe", "unsub
 """The presence types that act on subscriptions (RFC 6121 section 3)."""
 
 AVAILABLE = "available"
+"""``Transition.share``: send the owner's current presence to the contact."""
 UNAVAILABLE = "unavailable"
+"""``Transition.share``: tell the contact the owner's resources are unavailable."""
 
 _TO = frozenset({"to", "both"})      # the owner receives the contact's presence
 _FROM = frozenset({"from", "both"})  # the contact receives the owner's presence
@@ -276,18 +278,21 @@ class OwnerQueue:
     def __init__(self) -> None:
         self._locks: dict[str, defer.DeferredLock] = {}
 
-    def run(self, owner: str, job: Callable[..., Awaitable[Any]], *args: Any) -> defer.Deferred:
+    def run(self, owner: str, job: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> "defer.Deferred[Any]":
         """Run ``job(*args)`` (a coroutine function) once ``owner``'s earlier jobs finished."""
         lock = self._locks.get(owner)
         if lock is None:
             lock = self._locks[owner] = defer.DeferredLock()
+
+        def _start() -> "defer.Deferred[Any]":
+            return defer.Deferred.fromCoroutine(job(*args))
 
         def _release(result: Any) -> Any:
             if not lock.locked and not lock.waiting and self._locks.get(owner) is lock:
                 del self._locks[owner]
             return result
 
-        d = lock.run(lambda: defer.Deferred.fromCoroutine(job(*args)))
+        d = lock.run(_start)
         d.addBoth(_release)
         return d
 
