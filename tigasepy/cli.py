@@ -10,9 +10,10 @@
     tigasepy [--config PATH] db upgrade
 
 These spellings are stable: scripts depend on them. The commands work while the
-server runs: they open the SQLite database (WAL mode) on their own synchronous
-connection, wait for the write lock up to a busy timeout, and run the same
-``*_txn`` functions the server's stores use. No reactor is involved.
+server runs: they open the database ([storage] backend: SQLite in WAL mode, or
+PostgreSQL) on their own synchronous connection, wait for locks (SQLite's busy
+timeout, PostgreSQL's row and schema locks), and run the same ``*_txn``
+functions the server's stores use. No reactor is involved.
 
 To add a subcommand, write a ``Command`` (name, help, ``configure(parser)``,
 ``run(args) -> exit status``) and add it to ``COMMANDS``.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import sqlite3
 import sys
 import time
 from contextlib import contextmanager
@@ -39,7 +39,8 @@ from tigasepy.auth.accounts import (
 )
 from tigasepy.config import Config, ConfigError, default_config_text, default_domain, load_config
 from tigasepy.storage.database import run_sync
-from tigasepy.storage.engines import SqliteEngine
+from tigasepy.storage.engines import DatabaseEngine
+from tigasepy.storage.factory import database_engine
 from tigasepy.storage.interfaces import AccountExists, NoSuchAccount
 from tigasepy.storage.migrate import SchemaError, current_version_txn, upgrade_txn
 from tigasepy.storage.sql import accounts as sql_accounts
@@ -86,11 +87,20 @@ def _load(args: argparse.Namespace) -> Config:
         raise CliError(str(e)) from None
 
 
-def _database_path(config: Config) -> Path:
-    if config.storage.backend != "sqlite":
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _engine(config: Config) -> DatabaseEngine:
+    if config.storage.backend == "memory":
         raise CliError(f"storage backend {config.storage.backend!r} keeps no accounts; "
-                       "set [storage] backend = \"sqlite\"")
-    return config.data_path / config.storage.path
+                       "set [storage] backend = \"sqlite\" or \"postgresql\"")
+    try:
+        return database_engine(config)
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"cannot prepare the database: {e}") from None
 
 
 @dataclass
@@ -98,8 +108,8 @@ class _Database:
     """An open, up-to-date database: ``run(fn, *args)`` runs ``fn(cursor, engine, *args)``."""
 
     connection: Any
-    engine: SqliteEngine
-    path: Path
+    engine: DatabaseEngine
+    path: str                 # where the database is (a file, a postgresql:// address)
     applied: list[int]
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -109,21 +119,20 @@ class _Database:
 
 @contextmanager
 def _database(config: Config) -> Iterator[_Database]:
-    """The database of ``config``, migrated (creates the data directory)."""
-    path = _database_path(config)
+    """The database of ``config``, migrated (creates an SQLite data directory)."""
+    engine = _engine(config)
+    where = engine.describe()
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        engine = SqliteEngine(path)
         connection = engine.connect()
-    except (OSError, sqlite3.Error) as e:
-        raise CliError(f"cannot open database {path}: {e}") from None
+    except (OSError, engine.error_class) as e:
+        raise CliError(f"cannot open database {where}: {_one_line(e)}") from None
     try:
         applied = run_sync(connection, engine, upgrade_txn, engine)
-        yield _Database(connection, engine, path, applied)
+        yield _Database(connection, engine, where, applied)
     except SchemaError as e:
         raise CliError(str(e)) from None
-    except sqlite3.Error as e:
-        raise CliError(f"database {path}: {e}") from None
+    except engine.error_class as e:
+        raise CliError(f"database {where}: {_one_line(e)}") from None
     finally:
         connection.close()
 
@@ -182,7 +191,7 @@ def _run_init(args: argparse.Namespace) -> int:
     except OSError as e:
         raise CliError(f"cannot create data directory {config.data_path}: {e}") from None
     _out(f"data directory {config.data_path} ready")
-    if config.storage.backend != "sqlite":
+    if config.storage.backend == "memory":
         _out(f"storage backend is {config.storage.backend}: no database to prepare")
         return 0
     _upgrade(config)
@@ -265,7 +274,7 @@ def _run_user_passwd(args: argparse.Namespace) -> int:
     return 0
 
 
-def delete_account_and_data_txn(cursor: Any, engine: SqliteEngine, jid: str) -> None:
+def delete_account_and_data_txn(cursor: Any, engine: DatabaseEngine, jid: str) -> None:
     """Delete the account ``jid`` with its roster and offline messages, in one transaction.
 
     Raises:

@@ -93,14 +93,68 @@ class TLSConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    """``[storage]``: the backend. SQLite in the data directory is the default."""
+    """``[storage]``: the backend. SQLite in the data directory is the default.
+
+    ``postgresql`` connects with ``dsn`` (a libpq connection string or URI) or with
+    ``host``/``port``/``user``/``database``, never both; the password comes from
+    ``password_file`` (relative to the config file's folder) or from libpq's own
+    sources, never from this file.
+    """
 
     backend: str = "sqlite"
     path: str = "tigasepy.sqlite"
+    dsn: str = ""
+    host: str = ""
+    port: int = 0
+    user: str = ""
+    database: str = ""
+    password_file: str = ""
+    pool_min: int = 1
+    pool_max: int = 5
+    connect_timeout_s: int = 10
+
+    #: The options that only ``backend = "postgresql"`` reads.
+    POSTGRESQL_OPTIONS: typing.ClassVar[tuple[str, ...]] = (
+        "dsn", "host", "port", "user", "database", "password_file", "pool_min", "pool_max",
+        "connect_timeout_s")
 
     def validate(self, path: tuple[str, ...]) -> None:
-        if self.backend not in ("sqlite", "memory"):
-            raise ConfigError("must be 'sqlite' or 'memory'", path + ("backend",))
+        if self.backend not in ("sqlite", "memory", "postgresql"):
+            raise ConfigError("must be 'sqlite', 'postgresql' or 'memory'", path + ("backend",))
+        if self.backend != "postgresql":
+            defaults = StorageConfig()
+            for name in self.POSTGRESQL_OPTIONS:
+                if getattr(self, name) != getattr(defaults, name):
+                    raise ConfigError('only for backend = "postgresql"', path + (name,))
+            return
+        if self.dsn:
+            for name in ("host", "port", "user", "database"):
+                if getattr(self, name):
+                    raise ConfigError("give either dsn or host/port/user/database, not both",
+                                      path + (name,))
+            self._validate_dsn(path + ("dsn",))
+        elif not self.database:
+            raise ConfigError('required for backend = "postgresql" (or give dsn)', path + ("database",))
+        if self.port:
+            _port(path + ("port",), self.port, allow_zero=False)
+        _at_least(path + ("pool_min",), self.pool_min, 1)
+        _at_least(path + ("pool_max",), self.pool_max, self.pool_min)
+        _at_least(path + ("connect_timeout_s",), self.connect_timeout_s, 2)
+
+    def _validate_dsn(self, path: tuple[str, ...]) -> None:
+        try:
+            from psycopg.conninfo import conninfo_to_dict
+        except ImportError:
+            raise ConfigError("the postgresql backend needs psycopg: pip install 'psycopg[binary]'",
+                              path) from None
+        try:
+            params = conninfo_to_dict(self.dsn)
+        except Exception:
+            # No detail: libpq's message quotes the string, which may hold a secret.
+            raise ConfigError("not a valid PostgreSQL connection string "
+                              "(key=value pairs or a postgresql:// URI)", path) from None
+        if "password" in params:
+            raise ConfigError("must not contain the password; put it in password_file", path)
 
 
 @dataclass(frozen=True)
@@ -272,8 +326,18 @@ data_dir = "data"
 # private_key = "/etc/ssl/private/{domain}.key"
 
 [storage]
-# backend = "sqlite"                # or "memory" (tests and benchmarks: nothing is kept)
-# path = "tigasepy.sqlite"          # relative to data_dir
+# backend = "sqlite"                # or "postgresql", or "memory" (tests and benchmarks: nothing is kept)
+# path = "tigasepy.sqlite"          # sqlite: relative to data_dir
+# PostgreSQL: either dsn or host/port/user/database; the password only from a file.
+# dsn = "host=db.example.org dbname=tigasepy user=tigasepy sslmode=verify-full"
+# host = "127.0.0.1"
+# port = 5432
+# user = "tigasepy"
+# database = "tigasepy"
+# password_file = "/etc/tigasepy/db-password"   # first line; relative to this file's folder
+# pool_min = 1                      # connections kept open
+# pool_max = 5                      # connections at most
+# connect_timeout_s = 10
 
 [auth]
 # scram_iterations = 10000

@@ -6,6 +6,7 @@ never by backend class.
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
@@ -13,9 +14,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface.interface import InterfaceClass
 
-from tigasepy.config import Config
+from tigasepy.config import Config, ConfigError
 from tigasepy.storage.database import Database
-from tigasepy.storage.engines import SqliteEngine
+from tigasepy.storage.engines import DatabaseEngine, PostgresEngine, SqliteEngine
 from tigasepy.storage.interfaces import IAccountStore, IOfflineStore, IRosterStore
 from tigasepy.storage.memory import MemoryAccountStore, MemoryOfflineStore, MemoryRosterStore
 from tigasepy.storage.migrate import upgrade_txn
@@ -84,15 +85,75 @@ def open_stores(config: Config, reactor: Any) -> Stores:
     """Build the stores ``config.storage`` names (not yet migrated: call ``start``).
 
     ``sqlite`` keeps a file at ``config.data_path / config.storage.path`` (the
-    data directory is created); ``memory`` keeps nothing across restarts.
+    data directory is created); ``postgresql`` connects as ``database_engine``
+    says; ``memory`` keeps nothing across restarts.
+
+    Raises:
+        ConfigError: the password file cannot be read.
+    """
+    if config.storage.backend == "memory":
+        return Stores({iface: make() for iface, make in MEMORY_STORES.items()})
+    database = Database(database_engine(config), reactor)
+    return Stores({iface: make(database, reactor) for iface, make in SQL_STORES.items()}, database)
+
+
+def database_engine(config: Config) -> DatabaseEngine:
+    """The engine of ``config``'s SQL backend (for the server and the command line).
+
+    Opens no connection. For SQLite the data directory is created; for PostgreSQL
+    the password file is read.
+
+    Raises:
+        ValueError: the backend keeps no database (``memory``) or is unknown.
+        ConfigError: the password file cannot be read.
     """
     backend = config.storage.backend
-    if backend == "memory":
-        return Stores({iface: make() for iface, make in MEMORY_STORES.items()})
     if backend == "sqlite":
-        database = Database(SqliteEngine(sqlite_path(config)), reactor)
-        return Stores({iface: make(database, reactor) for iface, make in SQL_STORES.items()}, database)
-    raise ValueError(f"unknown storage backend {backend!r}")
+        return SqliteEngine(sqlite_path(config))
+    if backend == "postgresql":
+        return postgres_engine(config)
+    raise ValueError(f"storage backend {backend!r} has no database")
+
+
+def postgres_engine(config: Config) -> PostgresEngine:
+    """The ``PostgresEngine`` for ``config.storage`` (backend ``postgresql``)."""
+    storage = config.storage
+    password = None
+    if storage.password_file:
+        password = read_password_file(config_relative(config, storage.password_file))
+    try:
+        return PostgresEngine(storage.dsn, password=password, pool_min=storage.pool_min,
+                              pool_max=storage.pool_max, connect_timeout_s=storage.connect_timeout_s,
+                              host=storage.host, port=storage.port or None, user=storage.user,
+                              dbname=storage.database)
+    except ValueError as e:
+        raise ConfigError(str(e), ("storage", "dsn")) from None
+
+
+def config_relative(config: Config, name: str) -> Path:
+    """``name`` as a path; a relative one is relative to the config file's folder."""
+    path = Path(name)
+    if not path.is_absolute() and config.source:
+        path = Path(config.source).parent / path
+    return path
+
+
+def read_password_file(path: Path) -> str:
+    """The password in the first line of ``path`` (without the line end).
+
+    Raises:
+        ConfigError: the file cannot be read or its first line is empty.
+    """
+    where = ("storage", "password_file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}", where) from None
+    password = line.rstrip("\r\n")
+    if not password:
+        raise ConfigError(f"{path} holds no password (its first line is empty)", where)
+    return password
 
 
 def sqlite_path(config: Config, create_dir: bool = True) -> str:

@@ -20,6 +20,16 @@ class NoSuchAccount(Exception):
     """No account with that JID exists."""
 
 
+class StorageUnavailable(Exception):
+    """The database cannot be reached (down, refusing connections, connection lost).
+
+    A temporary condition: the request may succeed later. Callers turn it into a
+    temporary error for the client (``internal-server-error``,
+    ``temporary-auth-failure``); the message says which database and why, in one
+    line, and never holds a password.
+    """
+
+
 @dataclass(frozen=True)
 class ScramCredential:
     """The salted SCRAM keys of one account for one hash (RFC 5802 section 3). Never a password."""

@@ -3,8 +3,11 @@
 A delta is ``NNN_name.sql`` (portable) with an optional ``NNN_name.<engine>.sql``
 that replaces it for one engine (``sqlite``, ``postgres``). The ``schema_version``
 table records every applied version; ``upgrade_txn`` applies the missing ones in
-one transaction, so a failed upgrade leaves the database as it was. Deltas are
-append-only: never edit one that has shipped, add the next number.
+one transaction, so a failed upgrade leaves the database as it was (DDL is
+transactional on both SQLite and PostgreSQL). Concurrent upgrades of one database
+(several nodes starting, the command line) wait for each other
+(``DatabaseEngine.lock_schema``). Deltas are append-only: never edit one that has
+shipped, add the next number.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ def upgrade_txn(cursor: Any, engine: DatabaseEngine) -> list[int]:
     Raises:
         SchemaError: the database is newer than this code.
     """
+    engine.lock_schema(cursor)
     current = current_version_txn(cursor, engine)
     available = deltas(engine)
     latest = available[-1].version if available else 0
