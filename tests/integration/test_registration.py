@@ -122,10 +122,6 @@ async def test_registration_before_starttls_is_refused(clients: ClientPool, xmpp
         await eve.login(xmpp_server.c2s_port)
 
 
-@pytest.mark.xfail(strict=True, reason="server bug (RFC 6120 5.3.1 SHOULD NOT): with TLS required the "
-                   "pre-TLS features also advertise XEP-0077 <register/> (ClientStream._send_features "
-                   "adds sm.features_for(domain, False) before STARTTLS), although using it there "
-                   "closes the stream")
 @asyncio_test
 async def test_register_feature_is_not_advertised_before_starttls(xmpp_server: RunningServer) -> None:
     """While TLS is mandatory-to-negotiate only STARTTLS is offered in the first features."""

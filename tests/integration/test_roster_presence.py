@@ -2,70 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from support.server import extension_available
-from support.xmpp_clients import CLIENT, ROSTER, ClientPool, TestClient, asyncio_test, stanza_text
+from support.xmpp_clients import (
+    CLIENT, ClientPool, asyncio_test, befriend, fetch_roster, is_chat, is_presence, is_push_for, online,
+    stanza_text,
+)
 
 pytestmark = pytest.mark.skipif(
     not (extension_available("roster") and extension_available("presence")),
     reason="the roster and presence extensions have not landed yet")
-
-
-def roster_items(stanza: Any) -> dict[str, dict[str, str | None]]:
-    """jid -> {subscription, ask, name} of the items in a roster result or push."""
-    items = {}
-    for item in stanza.xml.iter(f"{{{ROSTER}}}item"):
-        items[item.get("jid")] = {"subscription": item.get("subscription"), "ask": item.get("ask"),
-                                  "name": item.get("name")}
-    return items
-
-
-async def fetch_roster(client: TestClient) -> dict[str, dict[str, str | None]]:
-    """The roster as the server holds it now (also makes the resource interested in pushes)."""
-    result = await client.get_roster(timeout=5)
-    return roster_items(result)
-
-
-def is_presence(kind: str | None, sender: str | None = None):
-    """Predicate: a presence of type ``kind`` (None: available), optionally from ``sender``
-    (a bare JID matches any resource of it)."""
-
-    def match(stanza: Any) -> bool:
-        if stanza.xml.get("type") != kind:
-            return False
-        if sender is None:
-            return True
-        frm = stanza.xml.get("from", "")
-        return frm == sender or frm.split("/", 1)[0] == sender
-
-    return match
-
-
-def is_push_for(jid: str, **expected: str | None):
-    """Predicate: a roster push carrying ``jid`` with the given attribute values."""
-
-    def match(stanza: Any) -> bool:
-        item = roster_items(stanza).get(jid)
-        return item is not None and all(item.get(k) == v for k, v in expected.items())
-
-    return match
-
-
-def is_chat(body: str):
-    """Predicate: a message with this body."""
-    return lambda stanza: stanza_text(stanza, f"{{{CLIENT}}}body") == body
-
-
-async def online(clients: ClientPool, user: str, resource: str) -> TestClient:
-    """Logged in, roster fetched (interested), initial presence sent."""
-    client = await clients.login(user, resource=resource)
-    await fetch_roster(client)
-    client.send_presence()
-    await client.presences.wait_for(is_presence(None, client.boundjid.full), what="own presence echo")
-    return client
 
 
 @asyncio_test
@@ -172,3 +119,44 @@ async def test_roster_pushes_reach_every_interested_resource(clients: ClientPool
     await quiet.ping_server()
     assert quiet.roster_pushes.items == [], "a resource that never fetched the roster got pushes"
     assert carol not in await fetch_roster(phone)
+
+
+@asyncio_test
+async def test_login_probe_brings_in_the_presence_of_online_contacts(clients: ClientPool) -> None:
+    """After a mutual subscription, alice logging in again gets bob's current presence
+    (the server probes bob for her), and bob gets alice's new resource's presence."""
+    alice = await online(clients, "alice", "home")
+    bob = await online(clients, "bob", "work")
+    await befriend(alice, bob)
+    bob.send_presence(pshow="xa", pstatus="far away")
+    await alice.presences.wait_for(is_presence(None, "bob@localhost"), what="bob xa")
+    await alice.close()
+    await bob.presences.wait_for(is_presence("unavailable", "alice@localhost"), what="alice left")
+
+    again = await clients.login("alice", resource="mobile")
+    again.send_presence()
+    probed = await again.presences.wait_for(is_presence(None, "bob@localhost/work"), what="bob's presence")
+    assert stanza_text(probed, f"{{{CLIENT}}}show") == "xa"
+    await bob.presences.wait_for(is_presence(None, "alice@localhost/mobile"), what="alice's new resource")
+
+
+@asyncio_test
+async def test_bare_jid_message_goes_to_the_highest_priority_resources(clients: ClientPool) -> None:
+    """A chat message to alice's bare JID reaches her resource with the highest priority
+    only; a resource with negative priority never gets it (RFC 6121 8.5.2.1.1)."""
+    low = await clients.login("alice", resource="low")
+    high = await clients.login("alice", resource="high")
+    hidden = await clients.login("alice", resource="hidden")
+    low.send_presence(ppriority=1)
+    high.send_presence(ppriority=10)
+    hidden.send_presence(ppriority=-5)
+    bob = await clients.login("bob", resource="b")
+    for client in (low, high, hidden):
+        await client.ping_server()
+
+    bob.send_message(mto="alice@localhost", mbody="to the bare JID", mtype="chat")
+    await high.messages.wait_for(is_chat("to the bare JID"), what="the message on the top resource")
+    await bob.ping_server()
+    for client in (low, hidden):
+        await client.ping_server()
+        assert client.messages.take(is_chat("to the bare JID")) is None, client.boundjid.full

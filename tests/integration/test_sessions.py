@@ -12,18 +12,13 @@ import pytest
 from support.raw_xmpp import RawXmppClient, StreamClosed
 from support.server import RunningServer, extension_available
 from support.xmpp_clients import (
-    CLIENT, DELAY, ClientPool, TestClient, asyncio_test, from_deferred, stanza_text,
+    DELAY, ClientPool, TestClient, asyncio_test, from_deferred, is_chat,
 )
 
 SIZE_LIMIT = 10000  # the smallest c2s.stanza_size_limit_bytes the config accepts
 
 needs_presence = pytest.mark.skipif(not extension_available("presence"),
                                     reason="offline delivery happens at initial presence (presence extension)")
-
-
-def is_chat(body: str):
-    """Predicate: a message with this body."""
-    return lambda stanza: stanza_text(stanza, f"{{{CLIENT}}}body") == body
 
 
 async def chat_works(sender: TestClient, receiver: TestClient, body: str) -> None:

@@ -344,3 +344,73 @@ class ClientPool:
                 await client.close(timeout=2.0)
             except Exception:  # noqa: BLE001 - teardown must go on
                 client.abort()
+
+
+# -- stanza predicates and RFC 6121 helpers shared by the scenarios ---------------------------
+
+def is_chat(body: str) -> Callable[[Any], bool]:
+    """Predicate: a message with this body."""
+    return lambda stanza: stanza_text(stanza, f"{{{CLIENT}}}body") == body
+
+
+def is_presence(kind: str | None, sender: str | None = None) -> Callable[[Any], bool]:
+    """Predicate: a presence of type ``kind`` (None: available), optionally from ``sender``
+    (a bare JID matches any of its resources)."""
+
+    def match(stanza: Any) -> bool:
+        if stanza.xml.get("type") != kind:
+            return False
+        if sender is None:
+            return True
+        frm = stanza.xml.get("from", "")
+        return frm == sender or frm.split("/", 1)[0] == sender
+
+    return match
+
+
+def roster_items(stanza: Any) -> dict[str, dict[str, str | None]]:
+    """jid -> {subscription, ask, name} of the items in a roster result or push."""
+    items = {}
+    for item in stanza.xml.iter(f"{{{ROSTER}}}item"):
+        items[item.get("jid")] = {"subscription": item.get("subscription"), "ask": item.get("ask"),
+                                  "name": item.get("name")}
+    return items
+
+
+def is_push_for(jid: str, **expected: str | None) -> Callable[[Any], bool]:
+    """Predicate: a roster push carrying ``jid`` with the given attribute values."""
+
+    def match(stanza: Any) -> bool:
+        item = roster_items(stanza).get(jid)
+        return item is not None and all(item.get(k) == v for k, v in expected.items())
+
+    return match
+
+
+async def fetch_roster(client: TestClient) -> dict[str, dict[str, str | None]]:
+    """The roster as the server holds it now (also makes the resource interested in pushes)."""
+    result = await client.get_roster(timeout=DEFAULT_TIMEOUT)
+    return roster_items(result)
+
+
+async def online(pool: ClientPool, user: str, resource: str) -> TestClient:
+    """Logged in, roster fetched (interested in pushes), initial presence sent and echoed."""
+    client = await pool.login(user, resource=resource)
+    await fetch_roster(client)
+    client.send_presence()
+    await client.presences.wait_for(is_presence(None, client.boundjid.full), what="own presence echo")
+    return client
+
+
+async def befriend(first: TestClient, second: TestClient) -> None:
+    """Mutual subscription between two online clients, each approving the other's request;
+    returns once both rosters show 'both'."""
+    a, b = first.boundjid.bare, second.boundjid.bare
+    first.send_presence(pto=b, ptype="subscribe")
+    await second.presences.wait_for(is_presence("subscribe", a), what="subscribe request")
+    second.send_presence(pto=a, ptype="subscribed")
+    second.send_presence(pto=a, ptype="subscribe")
+    await first.presences.wait_for(is_presence("subscribe", b), what="subscribe request")
+    first.send_presence(pto=b, ptype="subscribed")
+    await first.roster_pushes.wait_for(is_push_for(b, subscription="both"), what="push: both")
+    await second.roster_pushes.wait_for(is_push_for(a, subscription="both"), what="push: both")
