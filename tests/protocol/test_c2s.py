@@ -315,3 +315,15 @@ def test_client_closing_the_stream_gets_a_close_and_unbinds(c2s, sm):
     c2s.receive("</stream:stream>")
     assert c2s.transport.value().endswith(b"</stream:stream>")
     assert sm.session("alice@example.org/home") is None
+
+
+def test_endless_stream_header_is_cut_off_at_the_size_limit(sm):
+    config = replace(C2SConfig(), tls_required=False, stanza_size_limit_bytes=10000)
+    c2s = C2SHarness(sm, config=config)
+    c2s.receive("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
+                "to='example.org' junk='")
+    for _ in range(3):
+        c2s.receive("A" * 4096)
+    c2s.output()
+    assert c2s.stream_error() == "policy-violation"
+    assert c2s.transport.disconnecting

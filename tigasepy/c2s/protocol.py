@@ -218,6 +218,9 @@ class ClientStream(protocol.Protocol):
                 if self.config.tls_required:
                     starttls.addElement("required")
             if self.secure or not self.config.tls_required or self.factory.tls_context is None:
+                # Nothing but STARTTLS is offered before a required TLS (RFC 6120 5.3.1).
+                for element in self.factory.sm.features_for(self.domain, False):
+                    features.addChild(element)
                 mechanisms = self.factory.auth.mechanisms(self._sasl_context(with_binding=True))
                 if mechanisms:
                     mech_el = features.addElement((ns.SASL, "mechanisms"))
@@ -228,8 +231,6 @@ class ClientStream(protocol.Protocol):
                         cb = features.addElement(("urn:xmpp:sasl-cb:0", "sasl-channel-binding"))
                         for kind in sorted(binding.types):
                             cb.addElement("channel-binding")["type"] = kind
-            for element in self.factory.sm.features_for(self.domain, False):
-                features.addChild(element)
         else:
             features.addElement((ns.BIND, "bind"))
             session = features.addElement((ns.SESSION, "session"))

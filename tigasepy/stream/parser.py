@@ -94,7 +94,8 @@ class StreamParser:
             raise StreamParseError("not-well-formed", str(e)) from None
         if self._error is not None:
             raise self._error
-        if self._started and self._fed - self._mark > self.max_stanza_bytes:
+        # Before the header is complete ``_mark`` is 0: an endless header is cut off too.
+        if self._fed - self._mark > self.max_stanza_bytes:
             raise StreamParseError("policy-violation", "stanza too large")
 
     def _fail(self, condition: str, text: str) -> None:
