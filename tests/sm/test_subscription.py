@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from twisted.internet import defer
 
+from tigasepy.sm.queue import OwnerQueue
 from tigasepy.extensions.subscription import (
-    OwnerQueue, inbound, item_element, outbound, presence, removal_notices, removed_element, state_name,
+    inbound, item_element, outbound, presence, removal_notices, removed_element, state_name,
 )
 from tigasepy.storage.interfaces import RosterItem
 from tigasepy.xmpp import namespaces as ns

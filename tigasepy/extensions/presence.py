@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 from tigasepy.config import ConfigError
 from tigasepy.extensions.subscription import (
-    SUBSCRIPTION_TYPES, OwnerQueue, inbound, item_element, outbound, presence, push, subscribed_from,
+    SUBSCRIPTION_TYPES, inbound, item_element, outbound, presence, push, subscribed_from,
     subscribed_to,
 )
 from tigasepy.interfaces import IExtension, Protocol
@@ -109,7 +109,6 @@ class Presence:
         self._config = config or PresenceConfig()
         self._host = host
         self._roster = host.store(IRosterStore)
-        self._queue = OwnerQueue()
         host.hook(PresenceFromClient, self._from_client)
         host.hook(PresenceToLocal, self._to_local)
         host.hook(SessionEnded, self._session_ended)
@@ -134,7 +133,7 @@ class Presence:
         if kind in SUBSCRIPTION_TYPES:
             if to is None or event.target in (Target.SELF, Target.HOST) or to.userhost() == session.bare:
                 return HANDLED  # a user is always subscribed to itself; a domain is no contact
-            return self._queue.run(session.bare, self._outbound_subscription, event, session, to.userhost())
+            return self._host.serialized(session.bare, self._outbound_subscription, event, session, to.userhost())
         if kind in ("available", "unavailable"):
             if to is None:
                 return self._broadcast_from(event, session)
@@ -270,7 +269,7 @@ class Presence:
         if kind in SUBSCRIPTION_TYPES:
             if event.sender is None or event.sender.userhost() == owner:
                 return HANDLED
-            return self._queue.run(owner, self._inbound_subscription, event, owner,
+            return self._host.serialized(owner, self._inbound_subscription, event, owner,
                                    event.sender.userhost())
         if kind == "probe":
             if event.sender is None or event.sender.userhost() == owner:

@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from tigasepy.config import ConfigError
 from tigasepy.extensions.subscription import (
-    OwnerQueue, item_element, presence, push, removal_notices, removed_element, subscribed_from,
+    item_element, presence, push, removal_notices, removed_element, subscribed_from,
 )
 from tigasepy.interfaces import IExtension, Protocol
 from tigasepy.sm.events import AccountEvent, AccountRemoved, StanzaEvent, Target
@@ -123,7 +123,6 @@ class Roster:
         self._config = config or RosterConfig()
         self._host = host
         self._store = host.store(IRosterStore)
-        self._queue = OwnerQueue()
         host.on_iq(ns.ROSTER, "query", self._get, types=("get",), targets=(Target.SELF,))
         host.on_iq(ns.ROSTER, "query", self._set, types=("set",), targets=(Target.SELF,))
         host.on_iq(ns.ROSTER, "query", self._forbidden, types=("get", "set"),
@@ -150,7 +149,7 @@ class Roster:
         if update.contact == owner:
             raise StanzaError("not-allowed", "Your own JID cannot be a roster item")
         job = self._remove if update.remove else self._add_or_update
-        return self._queue.run(owner, job, owner, update)
+        return self._host.serialized(owner, job, owner, update)
 
     def _forbidden(self, event: StanzaEvent) -> None:
         raise StanzaError("forbidden", "Only the account's own resources may use its roster")

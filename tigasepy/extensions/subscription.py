@@ -18,9 +18,8 @@ from __future__ import annotations
 import dataclasses
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer
 from twisted.words.xish import domish
 
 from tigasepy.storage.interfaces import RosterItem
@@ -265,36 +264,3 @@ def push(host: "ExtensionHost", owner: str, item: domish.Element) -> int:
         session.send(iq)
         count += 1
     return count
-
-
-class OwnerQueue:
-    """Runs one job at a time per roster owner, so that read-modify-write steps never interleave.
-
-    Jobs for different owners run concurrently; a job's own follow-ups (e.g. a local
-    contact's auto-reply arriving while it runs) queue behind it rather than deadlock,
-    since nothing waits on a queued job from inside a running one.
-    """
-
-    def __init__(self) -> None:
-        self._locks: dict[str, defer.DeferredLock] = {}
-
-    def run(self, owner: str, job: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> "defer.Deferred[Any]":
-        """Run ``job(*args)`` (a coroutine function) once ``owner``'s earlier jobs finished."""
-        lock = self._locks.get(owner)
-        if lock is None:
-            lock = self._locks[owner] = defer.DeferredLock()
-
-        def _start() -> "defer.Deferred[Any]":
-            return defer.Deferred.fromCoroutine(job(*args))
-
-        def _release(result: Any) -> Any:
-            if not lock.locked and not lock.waiting and self._locks.get(owner) is lock:
-                del self._locks[owner]
-            return result
-
-        d = lock.run(_start)
-        d.addBoth(_release)
-        return d
-
-    def __len__(self) -> int:
-        return len(self._locks)

@@ -134,6 +134,14 @@ class ExtensionHost:
         """Every bound session on this server."""
         return self._sm.all_sessions()
 
+    def serialized(self, owner: str, job: Callable[..., Any], *args: Any) -> Any:
+        """Run ``job(*args)`` (a coroutine function) after every earlier job for ``owner``.
+
+        One queue per account, shared by all extensions, so read-modify-write steps
+        on an account's data (roster and subscription state) never interleave.
+        """
+        return self._sm.account_queue.run(owner, job, *args)
+
     def account_exists(self, bare: str) -> Any:
         """A Deferred firing True when ``bare`` is a local account."""
         return self._sm.account_exists(bare)

@@ -26,6 +26,7 @@ from tigasepy.sm.disco import DiscoRegistry
 from tigasepy.sm.dispatch import HookTable, IqTable, as_deferred, error_reply_for
 from tigasepy.sm.events import HANDLED, Outcome, SessionEvent, StanzaEvent, Target
 from tigasepy.sm.host import ExtensionHost, StreamFeature
+from tigasepy.sm.queue import OwnerQueue
 from tigasepy.sm.session import BoundSession
 from tigasepy.storage.interfaces import IAccountStore
 from tigasepy.xmpp.errors import StanzaError
@@ -66,6 +67,7 @@ class SessionManager(service.Service):
         self.stream_features: list[StreamFeature] = []
         self.unauthenticated_iqs: dict[tuple[str, str], Any] = {}
         self.extensions: dict[str, tuple[Any, ExtensionHost]] = {}
+        self.account_queue = OwnerQueue()
         self._sessions: dict[str, dict[str, BoundSession]] = {}
         self._by_handle: dict[int, BoundSession] = {}
         # Bounded, owned by this service: stringprep is the costliest part of addressing.
