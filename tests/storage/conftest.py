@@ -17,6 +17,9 @@ does. To create the role and the database the fixture needs the superuser once:
 3. else, when the tests run as root (as in CI), ``psql`` as the ``postgres`` OS user
    over the local socket (Debian's default ``peer`` authentication).
 
+The database gets an ICU (linguistic) default collation where the server has ICU,
+as a production database in a real locale would.
+
 When PostgreSQL does not answer on 127.0.0.1:5432, or none of these works, the
 PostgreSQL tests report it through ``missing_service``: skipped locally, failed
 under ``CI=true``.
@@ -188,7 +191,13 @@ def pg_server() -> Iterator[PostgresServer | str]:
     password = secrets.token_urlsafe(24)
     try:
         admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB NOCREATEROLE")
-        admin.execute(f"CREATE DATABASE {database} OWNER {role} ENCODING 'UTF8' TEMPLATE template0")
+        create = f"CREATE DATABASE {database} OWNER {role} ENCODING 'UTF8' TEMPLATE template0"
+        try:
+            # A linguistic default collation, as on most production servers (en_US.UTF-8
+            # and the like): the schema must give code point order anyway.
+            admin.execute(create + " LOCALE_PROVIDER icu ICU_LOCALE 'und'")
+        except Exception:
+            admin.execute(create)               # PostgreSQL < 15 or built without ICU
     except Exception as e:
         admin.close()
         yield f"cannot create a test database ({admin.how}): {' '.join(str(e).split())}"

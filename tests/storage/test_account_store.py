@@ -85,3 +85,14 @@ async def test_list_accounts_is_sorted_and_filters_by_exact_domain(stores):
     assert await store.list_accounts() == sorted([
         "zed@example.org", "alice@example.org", "bob@other.org", "carol@example_org",
         "dave@sub.example.org", "eve@examplexorg"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_accounts_orders_by_code_point_on_every_backend(stores):
+    """One order everywhere (PostgreSQL's locale collations would put "émile" before "zed")."""
+    store = stores.get(IAccountStore)
+    jids = ["zed@example.org", "émile@example.org", "adam@example.org", "_x@example.org", "Zed@example.org"]
+    for jid in jids:
+        await store.create(jid, [cred()])
+    assert await store.list_accounts() == sorted(jids)
+    assert await store.list_accounts("example.org") == sorted(jids)
