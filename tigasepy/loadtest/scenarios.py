@@ -547,7 +547,7 @@ class Worker:
                 if kind == "subscribe":
                     me.send(f"<presence to={quoteattr(bare)} type='subscribed'/>".encode("utf-8"))
                     return
-                if kind is not None:
+                if kind is not None or bare == me.bare:     # our own broadcast comes back too
                     return
                 status = next((c.text for c in node.children if c.name == "status"), "")
                 if status.startswith("lt-"):
@@ -565,8 +565,10 @@ class Worker:
         # Roster set-up: subscribe both ways to every contact not yet at "both".
         contacts_of: dict[str, int] = {}
         requests = 0
-        for c in clients:
-            roster = await self._roster(c)
+        # Every client asks for its roster first: only then is it an "interested resource"
+        # that subscription requests are pushed to (RFC 6121 section 3.1.3).
+        rosters = await defer.gatherResults([defer.Deferred.fromCoroutine(self._roster(c)) for c in clients])
+        for c, roster in zip(clients, rosters):
             contacts_of[c.bare] = sum(1 for j, s in roster.items() if s in ("both", "from") and j in by_jid)
             for other in by_jid:
                 if other != c.bare and roster.get(other) not in ("both", "to"):
