@@ -317,3 +317,36 @@ async def test_scram_binding_downgrade_is_detected(xmpp_server: RunningServer,
     offered reveals a stripped mechanism list: the server refuses (RFC 5802 6)."""
     condition = await asyncio.to_thread(_downgraded_scram, xmpp_server, accounts["alice"])
     assert condition == "not-authorized"
+
+
+def _server_first(server: RunningServer, user: str) -> dict[str, str]:
+    """The attributes of the server-first-message SCRAM-SHA-256 gets for ``user``."""
+    import base64
+
+    from tigasepy.auth.scram import ScramClient
+
+    client = raw(server)
+    try:
+        client.open()
+        client.starttls()
+        challenge = client.auth("SCRAM-SHA-256", ScramClient("SCRAM-SHA-256", user, "x").first())
+        assert challenge.tag == tag(SASL_NS, "challenge"), as_text(challenge)
+        text = base64.b64decode(challenge.text or "").decode()
+        attrs = dict(part.split("=", 1) for part in text.split(","))
+        return {"i": attrs["i"], "salt_bytes": str(len(base64.b64decode(attrs["s"]))), "s": attrs["s"]}
+    finally:
+        client.close()
+
+
+@asyncio_test
+async def test_scram_challenge_does_not_reveal_whether_an_account_exists(
+        xmpp_server: RunningServer, accounts: dict[str, str]) -> None:
+    """The server-first-message for an unknown user looks like one for a real account
+    (same iteration count, same salt size) and is stable across attempts, so SCRAM cannot
+    be used to enumerate accounts (server configured with auth.scram_iterations = 4096)."""
+    real = await asyncio.to_thread(_server_first, xmpp_server, "alice")
+    unknown = await asyncio.to_thread(_server_first, xmpp_server, "nobody")
+    unknown_again = await asyncio.to_thread(_server_first, xmpp_server, "nobody")
+    assert unknown["s"] == unknown_again["s"], "the fake salt changes between attempts"
+    assert unknown["salt_bytes"] == real["salt_bytes"]
+    assert unknown["i"] == real["i"]
