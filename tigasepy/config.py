@@ -328,13 +328,13 @@ data_dir = "data"
 [storage]
 # backend = "sqlite"                # or "postgresql", or "memory" (tests and benchmarks: nothing is kept)
 # path = "tigasepy.sqlite"          # sqlite: relative to data_dir
-# PostgreSQL: either dsn or host/port/user/database; the password only from a file.
-# dsn = "host=db.example.org dbname=tigasepy user=tigasepy sslmode=verify-full"
-# host = "127.0.0.1"
-# port = 5432
-# user = "tigasepy"
-# database = "tigasepy"
-# password_file = "/etc/tigasepy/db-password"   # first line; relative to this file's folder
+# PostgreSQL only: either dsn or host/port/user/database; the password only from a file.
+# dsn = ""                          # e.g. "host=db.example.org dbname=tigasepy user=tigasepy sslmode=verify-full"
+# host = ""                         # e.g. "db.example.org"; empty: libpq's default
+# port = 0                          # 0: libpq's default (5432)
+# user = ""                         # e.g. "tigasepy"
+# database = ""                     # e.g. "tigasepy"
+# password_file = ""                # e.g. "/etc/tigasepy/db-password": its first line; relative to this file's folder
 # pool_min = 1                      # connections kept open
 # pool_max = 5                      # connections at most
 # connect_timeout_s = 10

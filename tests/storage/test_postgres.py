@@ -7,6 +7,7 @@ take the ``pg`` fixture (see conftest.py).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 import psycopg
@@ -150,10 +152,13 @@ def test_bad_postgresql_config_names_the_option(options, where, message):
     assert "pw" not in str(raised.value).replace("password_file", "")
 
 
-def test_the_default_config_text_documents_every_storage_option():
-    text = default_config_text("example.org")
-    for name in ("backend", "path") + StorageConfig.POSTGRESQL_OPTIONS:
-        assert f"# {name} = " in text
+def test_the_default_config_text_shows_every_storage_option_with_its_default():
+    section = default_config_text("example.org").split("[storage]\n")[1].split("\n[")[0]
+    uncommented = "\n".join(line[2:].split("  #")[0] for line in section.splitlines()
+                            if line.startswith("# ") and " = " in line)
+    shown = tomllib.loads(uncommented)
+    assert set(shown) == {f.name for f in dataclasses.fields(StorageConfig)}
+    assert StorageConfig(**shown) == StorageConfig()
     docs = (REPO / "docs" / "configuration.md").read_text()
     for name in ("backend", "path") + StorageConfig.POSTGRESQL_OPTIONS:
         assert f"| `{name}` |" in docs
@@ -572,3 +577,35 @@ def test_cli_with_a_missing_password_file_is_one_error_line(tmp_path, capsys):
     assert cli.main(["--config", str(config), "db", "upgrade"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tigasepy: error: storage.password_file: cannot read ") and err.count("\n") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_against_a_down_database_is_a_temporary_auth_failure(tmp_path, pg):
+    """What a client sees: SASL over a store whose database is down fails with
+    ``temporary-auth-failure`` (not ``not-authorized``)."""
+    from tigasepy.auth.plain import PlainServerExchange
+    from tigasepy.auth.scram import ScramServerExchange
+    from tigasepy.config import Config, ServerConfig
+    from tigasepy.interfaces import SaslContext, SaslFailure
+
+    password_file = tmp_path / "pw"
+    password_file.write_text(pg.password)
+    config = Config(server=ServerConfig(domains=("example.org",), data_dir=str(tmp_path / "data")),
+                    storage=StorageConfig(backend="postgresql", host="127.0.0.1", port=free_port(),
+                                          user=pg.role, database=pg.database,
+                                          password_file=str(password_file)))
+    stores = open_stores(config, reactor)
+    try:
+        lookup = stores.get(IAccountStore).get_credential
+        context = SaslContext(domain="example.org", secure=True)
+        exchanges = [
+            (ScramServerExchange("SCRAM-SHA-256", context, lookup, secret=b"k" * 32, plus_offered=False),
+             b"n,,n=alice,r=abcdef"),
+            (PlainServerExchange(context, lookup, ("SHA-256",), secret=b"k" * 32), b"\0alice\0secret"),
+        ]
+        for exchange, first in exchanges:
+            with pytest.raises(SaslFailure) as raised:
+                await exchange.step(first)
+            assert raised.value.condition == "temporary-auth-failure"
+    finally:
+        await stores.close()
