@@ -160,3 +160,44 @@ async def test_bare_jid_message_goes_to_the_highest_priority_resources(clients: 
     for client in (low, hidden):
         await client.ping_server()
         assert client.messages.take(is_chat("to the bare JID")) is None, client.boundjid.full
+
+
+@asyncio_test
+async def test_abrupt_disconnect_sends_unavailable_to_contacts_and_directed_recipients(
+        clients: ClientPool) -> None:
+    """When alice's TCP connection just drops, her contact bob and carol (who only got
+    directed presence) both receive unavailable from her resource (RFC 6121 4.6.3), and the
+    session is gone."""
+    alice = await online(clients, "alice", "a")
+    bob = await online(clients, "bob", "b")
+    carol = await online(clients, "carol", "c")
+    await befriend(alice, bob)
+    alice.send_presence(pto="carol@localhost/c")
+    await carol.presences.wait_for(is_presence(None, "alice@localhost/a"), what="directed presence")
+
+    alice.abort()  # no closing </stream:stream>
+    for contact in (bob, carol):
+        await contact.presences.wait_for(is_presence("unavailable", "alice@localhost/a"),
+                                         what="unavailable from alice")
+    assert clients.server.sessions_of("alice") == []
+
+
+@asyncio_test
+async def test_subscription_request_to_a_nonexistent_account_is_answered_unsubscribed(
+        clients: ClientPool) -> None:
+    """subscribe to ghost@localhost (no such account) comes back as unsubscribed from it."""
+    alice = await online(clients, "alice", "a")
+    alice.send_presence(pto="ghost@localhost", ptype="subscribe")
+    await alice.presences.wait_for(is_presence("unsubscribed", "ghost@localhost"), what="unsubscribed")
+    item = (await fetch_roster(alice)).get("ghost@localhost")
+    assert item is not None and item["subscription"] == "none" and item["ask"] is None
+
+
+@asyncio_test
+async def test_roster_set_cannot_change_the_subscription_state(clients: ClientPool) -> None:
+    """A roster set claiming subscription='both' changes the name but not the subscription,
+    which only presence subscription stanzas change (RFC 6121 2.1.2.5)."""
+    alice = await online(clients, "alice", "a")
+    await alice.update_roster("carol@localhost", subscription="both", name="Carol", timeout=5)
+    item = (await fetch_roster(alice))["carol@localhost"]
+    assert item == {"subscription": "none", "ask": None, "name": "Carol"}
