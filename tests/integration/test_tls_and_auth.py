@@ -350,3 +350,64 @@ async def test_scram_challenge_does_not_reveal_whether_an_account_exists(
     assert unknown["s"] == unknown_again["s"], "the fake salt changes between attempts"
     assert unknown["salt_bytes"] == real["salt_bytes"]
     assert unknown["i"] == real["i"]
+
+
+def _switch_domain_after_sasl(server: RunningServer, password: str) -> str:
+    """Authenticate as alice@localhost, restart the stream to other.localhost, try to bind.
+
+    Returns the bound JID, or 'closed:<condition>' when the server ends the stream."""
+    client = raw(server)
+    try:
+        client.open()
+        client.starttls()
+        result = client.auth("PLAIN", f"\0alice\0{password}".encode())
+        assert result.tag == tag(SASL_NS, "success"), as_text(result)
+        client.domain = "other.localhost"
+        try:
+            client.open()
+            return client.bind("switched")
+        except StreamClosed as closed:
+            return f"closed:{closed.error}"
+        except AssertionError as refused:  # bind answered with an error
+            return f"refused:{refused}"
+    finally:
+        client.close()
+
+
+@pytest.mark.xfail(strict=True, reason="server bug (auth bypass): ClientStream._stream_started takes the "
+                   "restarted stream's 'to' as self.domain, and _pre_bind binds username@self.domain, so "
+                   "a user authenticated in one hosted domain becomes the same username in another")
+@pytest.mark.parametrize("server_overrides", [{"server": {"domains": ["localhost", "other.localhost"]}}])
+@asyncio_test
+async def test_stream_restart_after_sasl_cannot_switch_to_another_hosted_domain(
+        xmpp_server: RunningServer, accounts: dict[str, str]) -> None:
+    """With two hosted domains, alice@localhost authenticating and then restarting the
+    stream to 'other.localhost' must not end up bound as alice@other.localhost (an account
+    she never proved anything about)."""
+    outcome = await asyncio.to_thread(_switch_domain_after_sasl, xmpp_server, accounts["alice"])
+    assert not outcome.startswith("alice@other.localhost"), outcome
+    assert all(s.jid.host == "localhost" for s in xmpp_server.service.sm.all_sessions())
+
+
+@pytest.mark.parametrize("server_overrides", [{"server": {"domains": ["localhost", "other.localhost"]}}])
+@asyncio_test
+async def test_second_hosted_domain_serves_its_own_accounts(clients: ClientPool) -> None:
+    """An account of the second hosted domain logs in (the generated certificate covers it)
+    and chats with one of the first domain; alice@localhost's password is no use there."""
+    from support.xmpp_clients import TestClient, from_deferred, is_chat
+
+    server = clients.server
+    await from_deferred(server.accounts.register("dora@other.localhost", "dora-password"))
+    dora = TestClient("dora@other.localhost/d", "dora-password", cafile=server.certificate_path)
+    clients.clients.append(dora)
+    await dora.login(server.c2s_port)
+    alice = await clients.login("alice", resource="a")
+    dora.send_message(mto=alice.boundjid.full, mbody="across domains", mtype="chat")
+    got = await alice.messages.wait_for(is_chat("across domains"), what="dora's message")
+    assert got.xml.get("from") == "dora@other.localhost/d"
+
+    impostor = TestClient("alice@other.localhost/x", clients.server.passwords["alice@localhost"],
+                          cafile=server.certificate_path)
+    clients.clients.append(impostor)
+    with pytest.raises(LoginFailed):
+        await impostor.login(server.c2s_port)
