@@ -62,8 +62,10 @@ class RawXmppClient:
 
     def __init__(self, port: int, *, domain: str = "localhost", cafile: Path | None = None,
                  timeout: float = 5.0, direct_tls: bool = False,
-                 tls_max_version: int | None = None) -> None:
+                 tls_max_version: int | None = None,
+                 alpn: tuple[bytes, ...] = (b"xmpp-client",)) -> None:
         self.domain = domain
+        self.alpn = alpn
         self.cafile = cafile
         self.timeout = timeout
         self.tls_max_version = tls_max_version
@@ -140,7 +142,8 @@ class RawXmppClient:
         if self.cafile is not None:
             context.load_verify_locations(str(self.cafile))
             context.set_verify(SSL.VERIFY_PEER, lambda *args: args[-1] == 1)
-        context.set_alpn_protos([b"xmpp-client"])
+        if self.alpn:
+            context.set_alpn_protos(list(self.alpn))
         conn = SSL.Connection(context, None)
         conn.set_tlsext_host_name(self.domain.encode("ascii"))
         conn.set_connect_state()
