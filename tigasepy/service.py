@@ -26,6 +26,7 @@ from tigasepy.sm.manager import SessionManager
 from tigasepy.storage.factory import open_stores
 from tigasepy.storage.interfaces import IAccountStore
 from tigasepy import tls
+from tigasepy.storage.outage import log_failure
 
 
 class ListenerService(service.Service):
@@ -155,7 +156,7 @@ class TigaseService(service.MultiService):
         return defer.gatherResults([l.when_listening() for l in self.listeners], consumeErrors=True)
 
     def _start_failed(self, failure: Any) -> None:
-        self._log.failure("tigasepy failed to start", failure)
+        log_failure(self._log, failure, "tigasepy failed to start")
         self.started.errback(failure)
 
     def stopService(self) -> Any:

@@ -147,3 +147,16 @@ def test_server_secret_is_created_private_and_kept_across_restarts(tmp_path):
     assert len(first) >= 32
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_or_create_secret(path) == first
+
+
+def test_storage_outage_is_logged_as_one_line_without_traceback(log_events):
+    from twisted.logger import Logger, LogLevel
+    from twisted.python.failure import Failure
+
+    from tigasepy.storage.interfaces import StorageUnavailable
+    from tigasepy.storage.outage import log_failure
+
+    log_failure(Logger(), Failure(StorageUnavailable("database down")), "lookup failed for {who}", who="x")
+    [event] = [e for e in log_events if "lookup failed" in e.get("log_format", "")]
+    assert event["log_level"] is LogLevel.warn
+    assert "log_failure" not in event

@@ -25,6 +25,7 @@ from tigasepy.auth.scram import (
 )
 from tigasepy.interfaces import ISaslExchange, SaslChallenge, SaslContext, SaslFailure, SaslSuccess
 from tigasepy.storage.interfaces import ScramCredential
+from tigasepy.storage.outage import log_failure
 
 T = TypeVar("T")
 
@@ -151,7 +152,7 @@ class PlainServerExchange:
     def _errored(self, failure: Any) -> Any:
         if failure.check(SaslFailure):
             return self._fail(failure.value)
-        self._log.failure("PLAIN credential check failed", failure)
+        log_failure(self._log, failure, "PLAIN credential check failed")
         return self._fail(SaslFailure("temporary-auth-failure"))
 
     def _fail(self, failure: SaslFailure) -> "defer.Deferred[Any]":

@@ -34,6 +34,7 @@ from zope.interface import implementer
 from tigasepy.interfaces import SaslChallenge, SaslContext, SaslFailure, SaslSuccess, ISaslExchange
 from tigasepy.storage.interfaces import ScramCredential
 from tigasepy.xmpp.jid import InvalidFormat, parse_jid
+from tigasepy.storage.outage import log_failure
 
 #: hash name (as in ``ScramCredential.hash_name``) -> hashlib name.
 HASHES: Mapping[str, str] = MappingProxyType({"SHA-1": "sha1", "SHA-256": "sha256"})
@@ -471,7 +472,7 @@ class ScramServerExchange:
         self._state = "failed"
         if failure.check(SaslFailure):
             return failure
-        self._log.failure("SCRAM credential lookup failed", failure)
+        log_failure(self._log, failure, "SCRAM credential lookup failed")
         raise SaslFailure("temporary-auth-failure")
 
     def _check_binding_flag(self, flag: str) -> None:

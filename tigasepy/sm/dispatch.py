@@ -18,6 +18,7 @@ from twisted.words.xish import domish
 
 from tigasepy.sm.events import HANDLED, HookPoint, Outcome, StanzaEvent, Target
 from tigasepy.xmpp.errors import StanzaError
+from tigasepy.storage.outage import log_failure
 
 IqKey = tuple[str, str, str, Target]          # (type, payload uri, payload name, target)
 IqHandler = Callable[[StanzaEvent], Any]
@@ -119,7 +120,7 @@ class HookTable:
                 _log.failure("observer at {point} failed", point=point.name)
                 continue
             if d is not None:
-                d.addErrback(lambda f, p=point: _log.failure("observer at {point} failed", f, point=p.name))
+                d.addErrback(lambda f, p=point: log_failure(_log, f, "observer at {point} failed", point=p.name))
 
 
 def error_reply_for(stanza: domish.Element, failure: Failure | BaseException) -> domish.Element | None:
@@ -131,7 +132,7 @@ def error_reply_for(stanza: domish.Element, failure: Failure | BaseException) ->
     exc = failure.value if isinstance(failure, Failure) else failure
     if not isinstance(exc, StanzaError):
         if isinstance(failure, Failure):
-            _log.failure("handler failed for a {kind} stanza", failure, kind=stanza.name)
+            log_failure(_log, failure, "handler failed for a {kind} stanza", kind=stanza.name)
         else:
             _log.error("handler failed for a {kind} stanza: {exc!r}", kind=stanza.name, exc=exc)
         exc = StanzaError("internal-server-error")
