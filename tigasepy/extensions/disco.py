@@ -8,6 +8,7 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from tigasepy.interfaces import IExtension, Protocol
+from tigasepy.sm.dispatch import as_deferred
 from tigasepy.sm.events import StanzaEvent, Target
 from tigasepy.sm.host import ExtensionHost
 from tigasepy.xmpp import namespaces as ns
@@ -35,9 +36,9 @@ class ServiceDiscovery:
 
     def _info(self, event: StanzaEvent) -> Any:
         query = event.stanza.firstChildElement()
-        if query.getAttribute("node"):
-            raise StanzaError("item-not-found")
         target = Target.HOST if event.target is Target.HOST else Target.BARE
+        if query.getAttribute("node"):
+            return self._node(event, query["node"], "info", target)
         if target is Target.BARE:
             return self._account_info(event)
         return self._build_info(target)
@@ -62,10 +63,27 @@ class ServiceDiscovery:
                 element["name"] = identity.name
         for var in self._registry.features(target):
             result.addElement("feature")["var"] = var
+        for form in self._registry.forms(target):
+            result.addChild(form)
         return result
 
-    def _items(self, event: StanzaEvent) -> domish.Element:
+    def _items(self, event: StanzaEvent) -> Any:
         query = event.stanza.firstChildElement()
         if query.getAttribute("node"):
-            raise StanzaError("item-not-found")
+            target = Target.HOST if event.target is Target.HOST else Target.BARE
+            return self._node(event, query["node"], "items", target)
         return domish.Element((ns.DISCO_ITEMS, "query"))
+
+    def _node(self, event: StanzaEvent, node: str, kind: str, target: Target) -> Any:
+        """Answer a query on ``node`` with the handler an extension registered for it."""
+        handler = self._registry.node_handler(node, kind, target)
+        if handler is None:
+            raise StanzaError("item-not-found")
+
+        def stamp(result: domish.Element) -> domish.Element:
+            result["node"] = node
+            return result
+
+        result = handler(event)
+        d = as_deferred(result)
+        return d.addCallback(stamp) if d is not None else stamp(result)

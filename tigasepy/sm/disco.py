@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.words.xish import domish
 
 from tigasepy.sm.events import Target
+
+#: Answers a disco query on a node: gets the ``StanzaEvent``, returns the ``<query/>``
+#: element (or a Deferred / coroutine of one), or raises ``StanzaError``.
+NodeHandler = Callable[[Any], Any]
 
 
 @dataclass(frozen=True, order=True)
@@ -26,6 +33,8 @@ class DiscoRegistry:
     def __init__(self) -> None:
         self._features: dict[Target, dict[str, int]] = {}
         self._identities: dict[Target, dict[Identity, int]] = {}
+        self._forms: dict[Target, list[domish.Element]] = {}
+        self._nodes: dict[Target, dict[str, tuple[NodeHandler | None, NodeHandler | None]]] = {}
 
     def add_feature(self, var: str, target: Target = Target.HOST) -> None:
         """Advertise ``var`` for ``target``."""
@@ -60,3 +69,39 @@ class DiscoRegistry:
     def identities(self, target: Target = Target.HOST) -> list[Identity]:
         """The sorted identities for ``target``."""
         return sorted(self._identities.get(target, {}))
+
+    def add_form(self, form: domish.Element, target: Target = Target.HOST) -> None:
+        """Add an extended information form (XEP-0128, a ``jabber:x:data`` result) to disco#info."""
+        self._forms.setdefault(target, []).append(form)
+
+    def remove_form(self, form: domish.Element, target: Target = Target.HOST) -> None:
+        """Withdraw ``form``."""
+        forms = self._forms.get(target, [])
+        self._forms[target] = [f for f in forms if f is not form]
+
+    def forms(self, target: Target = Target.HOST) -> list[domish.Element]:
+        """The extended information forms for ``target``, in registration order."""
+        return list(self._forms.get(target, ()))
+
+    def add_node(self, node: str, info: NodeHandler | None = None, items: NodeHandler | None = None,
+                 target: Target = Target.HOST) -> None:
+        """Answer disco#info and/or disco#items queries on ``node`` with the given handlers.
+
+        Raises:
+            ValueError: another extension answers for ``node`` already.
+        """
+        nodes = self._nodes.setdefault(target, {})
+        if node in nodes:
+            raise ValueError(f"disco node {node!r} is already handled")
+        nodes[node] = (info, items)
+
+    def remove_node(self, node: str, target: Target = Target.HOST) -> None:
+        """Stop answering for ``node``."""
+        self._nodes.get(target, {}).pop(node, None)
+
+    def node_handler(self, node: str, kind: str, target: Target = Target.HOST) -> NodeHandler | None:
+        """The ``"info"`` or ``"items"`` handler for ``node``, or None."""
+        handlers = self._nodes.get(target, {}).get(node)
+        if handlers is None:
+            return None
+        return handlers[0] if kind == "info" else handlers[1]

@@ -70,6 +70,22 @@ class ExtensionHost:
         self._sm.disco.add_identity(identity, target)
         self._undo.append(lambda: self._sm.disco.remove_identity(identity, target))
 
+    def add_disco_form(self, form: domish.Element, target: Target = Target.HOST) -> None:
+        """Add an extended information form (XEP-0128) to disco#info, e.g. XEP-0157's serverinfo."""
+        self._sm.disco.add_form(form, target)
+        self._undo.append(lambda: self._sm.disco.remove_form(form, target))
+
+    def add_disco_node(self, node: str, info: Callable[..., Any] | None = None,
+                       items: Callable[..., Any] | None = None, target: Target = Target.HOST) -> None:
+        """Answer disco#info / disco#items on ``node`` (e.g. XEP-0050's command list).
+
+        Each handler gets the ``StanzaEvent`` and returns the ``<query/>`` element (the
+        ``node`` attribute is set for it), a Deferred / coroutine of one, or raises
+        ``StanzaError``.
+        """
+        self._sm.disco.add_node(node, info, items, target)
+        self._undo.append(lambda: self._sm.disco.remove_node(node, target))
+
     def on_iq(self, uri: str, name: str, handler: Callable[..., Any], types: Iterable[str] = ("get",),
               targets: Iterable[Target] = (Target.HOST,)) -> None:
         """Handle IQs of ``types`` whose payload is ``{uri}name`` addressed to ``targets``.
