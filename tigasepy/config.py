@@ -51,6 +51,43 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class StreamManagementConfig:
+    """``[c2s.stream_management]``: XEP-0198 acks and resumption on client streams."""
+
+    enabled: bool = True
+    resume_timeout_s: int = 300
+    location: str = ""
+    max_unacked: int = 1000
+    ack_request_every_stanzas: int = 10
+    ack_request_every_s: int = 30
+    ack_timeout_s: int = 60
+    max_detached: int = 10000
+    max_detached_per_account: int = 10
+
+    def validate(self, path: tuple[str, ...]) -> None:
+        _at_least(path + ("resume_timeout_s",), self.resume_timeout_s, 0)
+        _at_least(path + ("max_unacked",), self.max_unacked, 10)
+        _at_least(path + ("ack_request_every_stanzas",), self.ack_request_every_stanzas, 1)
+        _at_least(path + ("ack_request_every_s",), self.ack_request_every_s, 1)
+        _at_least(path + ("ack_timeout_s",), self.ack_timeout_s, 0)
+        _at_least(path + ("max_detached",), self.max_detached, 1)
+        _at_least(path + ("max_detached_per_account",), self.max_detached_per_account, 1)
+        if any(c.isspace() for c in self.location):
+            raise ConfigError("must be host or host:port", path + ("location",))
+
+
+@dataclass(frozen=True)
+class CsiConfig:
+    """``[c2s.csi]``: XEP-0352 client state indication (batching while a client is inactive)."""
+
+    enabled: bool = True
+    max_buffered: int = 100
+
+    def validate(self, path: tuple[str, ...]) -> None:
+        _at_least(path + ("max_buffered",), self.max_buffered, 1)
+
+
+@dataclass(frozen=True)
 class C2SConfig:
     """``[c2s]``: client connections (RFC 6120), their security policy and limits."""
 
@@ -66,8 +103,12 @@ class C2SConfig:
     max_unauthenticated: int = 2000
     max_resources_per_account: int = 16
     max_auth_failures: int = 3
+    stream_management: StreamManagementConfig = field(default_factory=StreamManagementConfig)
+    csi: CsiConfig = field(default_factory=CsiConfig)
 
     def validate(self, path: tuple[str, ...]) -> None:
+        self.stream_management.validate(path + ("stream_management",))
+        self.csi.validate(path + ("csi",))
         _port(path + ("port",), self.port)
         _port(path + ("direct_tls_port",), self.direct_tls_port)
         _at_least(path + ("stanza_size_limit_bytes",), self.stanza_size_limit_bytes, 10000)
@@ -225,6 +266,8 @@ def _convert(value: Any, hint: Any, path: tuple[str, ...]) -> Any:
         if not isinstance(value, str):
             raise ConfigError("must be a string", path)
         return value
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return section_from_dict(hint, value, path)
     if origin is tuple:
         if not isinstance(value, list):
             raise ConfigError("must be a list", path)
@@ -286,8 +329,14 @@ def load_config(path: str | Path) -> Config:
 
 def default_domain() -> str:
     """The machine's fully qualified host name, the default XMPP domain."""
-    name = socket.getfqdn() or socket.gethostname() or "localhost"
-    return name.lower().rstrip(".")
+    # getfqdn() answers "localhost" when /etc/hosts lists the host name on a loopback
+    # line; the host name itself is the better guess then.
+    candidates = [socket.getfqdn(), socket.gethostname()]
+    for name in candidates:
+        name = (name or "").lower().rstrip(".")
+        if name and not name.startswith("localhost") and name not in ("ip6-localhost", "ip6-loopback"):
+            return name
+    return "localhost"
 
 
 def default_config_text(domain: str) -> str:
@@ -319,6 +368,23 @@ data_dir = "data"
 # max_unauthenticated = {c2s.max_unauthenticated}
 # max_resources_per_account = {c2s.max_resources_per_account}
 # max_auth_failures = {c2s.max_auth_failures}
+
+[c2s.stream_management]
+# XEP-0198: acks, and resumption of a session whose connection dropped.
+# enabled = {str(c2s.stream_management.enabled).lower()}
+# resume_timeout_s = {c2s.stream_management.resume_timeout_s}           # 0: acks only, no resumption
+# location = ""                     # host:port clients should reconnect to (optional)
+# max_unacked = {c2s.stream_management.max_unacked}               # beyond it the stream ends (policy-violation)
+# ack_request_every_stanzas = {c2s.stream_management.ack_request_every_stanzas}
+# ack_request_every_s = {c2s.stream_management.ack_request_every_s}
+# ack_timeout_s = {c2s.stream_management.ack_timeout_s}              # an unanswered ack request drops the connection; 0: never
+# max_detached = {c2s.stream_management.max_detached}             # sessions waiting for resumption, server-wide
+# max_detached_per_account = {c2s.stream_management.max_detached_per_account}
+
+[c2s.csi]
+# XEP-0352: while a client says it is inactive, hold back presence updates and chat states.
+# enabled = {str(c2s.csi.enabled).lower()}
+# max_buffered = {c2s.csi.max_buffered}
 
 [tls]
 # Empty means <data_dir>/<domain>.crt and .key, self-signed and generated on first start.

@@ -227,3 +227,15 @@ def test_twistd_reports_a_bad_config_in_one_line(in_tmp_dir: Path) -> None:
     assert result.returncode == 1
     assert "configuration error: c2s.port" in output
     assert "Traceback" not in output
+
+
+def test_default_domain_prefers_the_host_name_over_a_loopback_fqdn(monkeypatch):
+    import socket
+
+    from tigasepy.config import default_domain
+
+    monkeypatch.setattr(socket, "getfqdn", lambda: "localhost")
+    monkeypatch.setattr(socket, "gethostname", lambda: "chat-box")
+    assert default_domain() == "chat-box"
+    monkeypatch.setattr(socket, "getfqdn", lambda: "xmpp.example.org.")
+    assert default_domain() == "xmpp.example.org"
