@@ -139,6 +139,20 @@ class ISessionManager(Interface):
     def receive(session: IClientSession, stanza: Any) -> None:
         """A stanza from a bound client; ``from`` has already been stamped."""
 
+    def replace_handle(old: IClientSession, new: IClientSession) -> bool:
+        """The bound session of ``old`` goes on through ``new`` (stream resumption, XEP-0198).
+
+        Nothing is broadcast; returns False when ``old`` holds no bound session.
+        """
+
+    def route(stanza: Any) -> None:
+        """Send a stanza the connection manager produced on a session's behalf towards its ``to``.
+
+        Used for what a session could not take before it ended: unacknowledged messages
+        go through delivery again (another resource or offline storage), IQ errors go
+        back to the sender.
+        """
+
 
 # --- routing and components -----------------------------------------------------------
 

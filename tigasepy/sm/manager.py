@@ -165,6 +165,20 @@ class SessionManager(service.Service):
         if session is not None and session.handle is handle:
             self._end(session)
 
+    def replace_handle(self, old: IClientSession, new: IClientSession) -> bool:
+        """The bound session of ``old`` goes on through ``new`` (XEP-0198 resumption).
+
+        Same JID, presence and extension data; nothing is broadcast. Returns False when
+        ``old`` holds no bound session (it ended meanwhile).
+        """
+        session = self._by_handle.get(id(old))
+        if session is None or session.handle is not old:
+            return False
+        del self._by_handle[id(old)]
+        session.handle = new
+        self._by_handle[id(new)] = session
+        return True
+
     def _end(self, session: BoundSession) -> None:
         self._by_handle.pop(id(session.handle), None)
         resources = self._sessions.get(session.bare)
