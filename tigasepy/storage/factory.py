@@ -17,10 +17,11 @@ from zope.interface.interface import InterfaceClass
 from tigasepy.config import Config, ConfigError
 from tigasepy.storage.database import Database
 from tigasepy.storage.engines import DatabaseEngine, PostgresEngine, SqliteEngine
-from tigasepy.storage.interfaces import IAccountStore, IOfflineStore, IRosterStore
-from tigasepy.storage.memory import MemoryAccountStore, MemoryOfflineStore, MemoryRosterStore
+from tigasepy.storage.interfaces import IAccountStore, IArchiveStore, IOfflineStore, IRosterStore
+from tigasepy.storage.memory import MemoryAccountStore, MemoryArchiveStore, MemoryOfflineStore, MemoryRosterStore
 from tigasepy.storage.migrate import upgrade_txn
 from tigasepy.storage.sql.accounts import SqlAccountStore
+from tigasepy.storage.sql.archive import SqlArchiveStore
 from tigasepy.storage.sql.offline import SqlOfflineStore
 from tigasepy.storage.sql.roster import SqlRosterStore
 
@@ -29,6 +30,7 @@ SQL_STORES: Mapping[InterfaceClass, Callable[[Database, Any], Any]] = MappingPro
     IAccountStore: lambda db, reactor: SqlAccountStore(db, clock=reactor),
     IRosterStore: lambda db, reactor: SqlRosterStore(db),
     IOfflineStore: lambda db, reactor: SqlOfflineStore(db),
+    IArchiveStore: lambda db, reactor: SqlArchiveStore(db),
 })
 
 #: interface -> its memory store class. Add new areas here.
@@ -36,6 +38,7 @@ MEMORY_STORES: Mapping[InterfaceClass, Callable[[], Any]] = MappingProxyType({
     IAccountStore: MemoryAccountStore,
     IRosterStore: MemoryRosterStore,
     IOfflineStore: MemoryOfflineStore,
+    IArchiveStore: MemoryArchiveStore,
 })
 
 

@@ -131,3 +131,87 @@ class IOfflineStore(Interface):
 
     def remove_owner(owner: str) -> Any:
         """Delete every stored message of ``owner``."""
+
+
+@dataclass(frozen=True)
+class ArchivedMessage:
+    """One message in a user's archive (XEP-0313).
+
+    ``id`` is the archive UID the server made up (also the XEP-0359 ``stanza-id``);
+    ``seq`` orders the archive (it grows with every message stored and is never
+    reused); ``with_jid`` is the other party as addressed (full or bare JID).
+    """
+
+    id: str
+    seq: int
+    with_jid: str
+    stamp: float          # seconds since the epoch when the server sent or received it
+    xml: str              # the serialized stanza
+
+
+@dataclass(frozen=True)
+class ArchiveQuery:
+    """Which messages of an archive a query selects; every given criterion must hold.
+
+    ``with_jid`` with a resource matches the other party's full JID exactly, without
+    one it matches the other party's bare JID. ``start``/``end`` are inclusive stamps,
+    ``after_seq``/``before_seq`` exclusive positions, ``ids`` a set of archive UIDs.
+    """
+
+    with_jid: str | None = None
+    start: float | None = None
+    end: float | None = None
+    after_seq: int | None = None
+    before_seq: int | None = None
+    ids: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ArchivePrefs:
+    """A user's archiving preferences (XEP-0441): ``default`` is always, never or roster."""
+
+    default: str = "always"
+    always: tuple[str, ...] = ()
+    never: tuple[str, ...] = ()
+
+
+class IArchiveStore(Interface):
+    """Per-user message archives and archiving preferences (XEP-0313, XEP-0441)."""
+
+    def append(owner: str, id: str, with_jid: str, stamp: float, xml: str) -> Any:
+        """Store a message at the end of ``owner``'s archive; fires with its ``seq``.
+
+        ``id`` must be new in that archive.
+        """
+
+    def positions(owner: str, ids: list[str]) -> Any:
+        """Fires with a dict from each of ``ids`` found in ``owner``'s archive to its ``seq``."""
+
+    def query(owner: str, query: ArchiveQuery, limit: int, newest_first: bool = False,
+              offset: int = 0) -> Any:
+        """Fires with at most ``limit`` matching ``ArchivedMessage``s, oldest first.
+
+        With ``newest_first`` they come newest first (the end of the result set);
+        ``offset`` skips that many matches first.
+        """
+
+    def count(owner: str, query: ArchiveQuery) -> Any:
+        """Fires with the number of messages ``query`` selects."""
+
+    def bounds(owner: str) -> Any:
+        """Fires with the (oldest, newest) ``ArchivedMessage``s, or None for an empty archive."""
+
+    def trim(owner: str, keep: int) -> Any:
+        """Delete the oldest messages of ``owner`` beyond the newest ``keep``; fires with how many."""
+
+    def expire(before: float) -> Any:
+        """Delete every archived message (of every owner) stamped before ``before``; fires with how many."""
+
+    def get_prefs(owner: str) -> Any:
+        """Fires with ``owner``'s ``ArchivePrefs``, or None when never set."""
+
+    def set_prefs(owner: str, prefs: ArchivePrefs) -> Any:
+        """Store ``owner``'s preferences (replacing earlier ones)."""
+
+    def remove_owner(owner: str) -> Any:
+        """Delete ``owner``'s archive and preferences; fires with the number of messages removed."""

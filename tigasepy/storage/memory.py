@@ -13,7 +13,11 @@ from zope.interface import implementer
 
 from tigasepy.storage.interfaces import (
     AccountExists,
+    ArchivedMessage,
+    ArchivePrefs,
+    ArchiveQuery,
     IAccountStore,
+    IArchiveStore,
     IOfflineStore,
     IRosterStore,
     NoSuchAccount,
@@ -156,3 +160,118 @@ class MemoryOfflineStore:
     def remove_owner(self, owner: str) -> "defer.Deferred[int]":
         """See ``IOfflineStore.remove_owner``; fires with the number removed."""
         return defer.succeed(len(self._messages.pop(owner, [])))
+
+
+def _bare(jid: str) -> str:
+    return jid.partition("/")[0]
+
+
+def _matches(message: ArchivedMessage, query: ArchiveQuery) -> bool:
+    if query.with_jid is not None:
+        if "/" in query.with_jid:
+            if message.with_jid != query.with_jid:
+                return False
+        elif _bare(message.with_jid) != query.with_jid:
+            return False
+    if query.start is not None and message.stamp < query.start:
+        return False
+    if query.end is not None and message.stamp > query.end:
+        return False
+    if query.after_seq is not None and message.seq <= query.after_seq:
+        return False
+    if query.before_seq is not None and message.seq >= query.before_seq:
+        return False
+    if query.ids is not None and message.id not in query.ids:
+        return False
+    return True
+
+
+@implementer(IArchiveStore)
+class MemoryArchiveStore:
+    """``IArchiveStore`` in lists; positions grow across owners as in SQL."""
+
+    def __init__(self) -> None:
+        """Start with empty archives."""
+        self._archives: dict[str, list[ArchivedMessage]] = {}
+        self._ids: dict[str, dict[str, int]] = {}      # owner -> archive id -> seq
+        self._prefs: dict[str, ArchivePrefs] = {}
+        self._seqs = itertools.count(1)
+
+    def _drop(self, owner: str, gone: list[ArchivedMessage], kept: list[ArchivedMessage]) -> None:
+        ids = self._ids.get(owner, {})
+        for message in gone:
+            ids.pop(message.id, None)
+        if kept:
+            self._archives[owner] = kept
+        else:
+            self._archives.pop(owner, None)
+            self._ids.pop(owner, None)
+
+    def append(self, owner: str, id: str, with_jid: str, stamp: float,
+               xml: str) -> "defer.Deferred[int]":
+        """See ``IArchiveStore.append``."""
+        ids = self._ids.setdefault(owner, {})
+        if id in ids:
+            return defer.fail(ValueError(f"archive id {id!r} exists"))
+        message = ArchivedMessage(id=id, seq=next(self._seqs), with_jid=with_jid, stamp=float(stamp), xml=xml)
+        self._archives.setdefault(owner, []).append(message)
+        ids[id] = message.seq
+        return defer.succeed(message.seq)
+
+    def positions(self, owner: str, ids: list[str]) -> "defer.Deferred[dict[str, int]]":
+        """See ``IArchiveStore.positions``."""
+        known = self._ids.get(owner, {})
+        return defer.succeed({i: known[i] for i in ids if i in known})
+
+    def query(self, owner: str, query: ArchiveQuery, limit: int, newest_first: bool = False,
+              offset: int = 0) -> "defer.Deferred[list[ArchivedMessage]]":
+        """See ``IArchiveStore.query``."""
+        found = [m for m in self._archives.get(owner, ()) if _matches(m, query)]
+        if newest_first:
+            found.reverse()
+        start = max(0, int(offset))
+        return defer.succeed(found[start:start + max(0, int(limit))])
+
+    def count(self, owner: str, query: ArchiveQuery) -> "defer.Deferred[int]":
+        """See ``IArchiveStore.count``."""
+        return defer.succeed(sum(1 for m in self._archives.get(owner, ()) if _matches(m, query)))
+
+    def bounds(self, owner: str) -> "defer.Deferred[tuple[ArchivedMessage, ArchivedMessage] | None]":
+        """See ``IArchiveStore.bounds``."""
+        archive = self._archives.get(owner)
+        return defer.succeed((archive[0], archive[-1]) if archive else None)
+
+    def trim(self, owner: str, keep: int) -> "defer.Deferred[int]":
+        """See ``IArchiveStore.trim``."""
+        archive = self._archives.get(owner, [])
+        excess = max(0, len(archive) - max(0, int(keep)))
+        if excess:
+            self._drop(owner, archive[:excess], archive[excess:])
+        return defer.succeed(excess)
+
+    def expire(self, before: float) -> "defer.Deferred[int]":
+        """See ``IArchiveStore.expire``."""
+        removed = 0
+        for owner in list(self._archives):
+            archive = self._archives[owner]
+            kept = [m for m in archive if m.stamp >= before]
+            if len(kept) != len(archive):
+                removed += len(archive) - len(kept)
+                self._drop(owner, [m for m in archive if m.stamp < before], kept)
+        return defer.succeed(removed)
+
+    def get_prefs(self, owner: str) -> "defer.Deferred[ArchivePrefs | None]":
+        """See ``IArchiveStore.get_prefs``."""
+        return defer.succeed(self._prefs.get(owner))
+
+    def set_prefs(self, owner: str, prefs: ArchivePrefs) -> "defer.Deferred[None]":
+        """See ``IArchiveStore.set_prefs``."""
+        self._prefs[owner] = ArchivePrefs(default=prefs.default, always=tuple(prefs.always),
+                                          never=tuple(prefs.never))
+        return defer.succeed(None)
+
+    def remove_owner(self, owner: str) -> "defer.Deferred[int]":
+        """See ``IArchiveStore.remove_owner``."""
+        self._prefs.pop(owner, None)
+        self._ids.pop(owner, None)
+        return defer.succeed(len(self._archives.pop(owner, [])))
