@@ -81,6 +81,10 @@ class HookTable:
         entries = self._hooks.get(point, [])
         self._hooks[point] = [e for e in entries if e[2] is not handler]
 
+    def has(self, point: HookPoint) -> bool:
+        """True when a handler is hooked at ``point`` (one dict lookup)."""
+        return bool(self._hooks.get(point))
+
     def handlers(self, point: HookPoint) -> list[Hook]:
         """The handlers at ``point`` in the order they run."""
         return [e[2] for e in self._hooks.get(point, ())]

@@ -4,6 +4,13 @@ Stanzas from local clients arrive through ``receive`` (``ISessionManager``),
 stanzas for local accounts from anywhere else through ``deliver``. Both run the
 extension pipeline (``sm/dispatch.py``); what no handler takes gets the RFC 6120 /
 RFC 6121 default.
+
+Filters run first, for messages, presence and IQs alike: ``OutboundFilter`` for a
+stanza leaving a local account for another entity (from its client in ``receive``,
+or sent on its behalf by an extension through ``route``), ``InboundFilter`` for a
+stanza arriving for a local account from another entity, before delivery, offline
+storage and the IQ table. Stanzas between an account's own resources and to or
+from the server itself pass no filter.
 """
 
 from __future__ import annotations
@@ -212,7 +219,13 @@ class SessionManager(service.Service):
         else:
             target = Target.FULL
         event = StanzaEvent(stanza, session.jid, to, target, session)
-        name = stanza.name
+        if target is Target.BARE or (target is Target.FULL and to.userhost() != session.bare):
+            self._filter(events.OutboundFilter, event, self._from_client)
+        else:
+            self._from_client(event)
+
+    def _from_client(self, event: StanzaEvent) -> None:
+        name = event.stanza.name
         if name == "message":
             self._guard(event, self.hooks.run(events.MessageFromClient, event), self._message_onward)
         elif name == "presence":
@@ -222,7 +235,38 @@ class SessionManager(service.Service):
 
     # -- delivery -----------------------------------------------------------------------
     def route(self, stanza: domish.Element) -> None:
-        """Send ``stanza`` towards its ``to``: local accounts directly, anything else via the router."""
+        """Send ``stanza`` towards its ``to``: local accounts directly, anything else via the router.
+
+        A stanza sent on behalf of a local account (``from`` one of its JIDs, ``to``
+        another entity) passes the outbound filters first.
+        """
+        if self.hooks.has(events.OutboundFilter):
+            event = self._on_behalf(stanza)
+            if event is not None:
+                self._filter(events.OutboundFilter, event, lambda e: self._forward(e.stanza))
+                return
+        self._forward(stanza)
+
+    def _on_behalf(self, stanza: domish.Element) -> StanzaEvent | None:
+        """The event for a stanza from a local account to another entity, or None."""
+        sender_text = stanza.getAttribute("from")
+        to_text = stanza.getAttribute("to")
+        if not sender_text or not to_text:
+            return None
+        try:
+            sender = self.parse_jid(sender_text)
+            to = self.parse_jid(to_text)
+        except InvalidFormat:
+            return None
+        if sender.user is None or sender.host not in self._domain_set:
+            return None
+        if to.user is None and to.resource is None and to.host in self._domain_set:
+            return None
+        if to.userhost() == sender.userhost():
+            return None
+        return StanzaEvent(stanza, sender, to, Target.FULL if to.resource else Target.BARE)
+
+    def _forward(self, stanza: domish.Element) -> None:
         to = stanza.getAttribute("to")
         domain = domain_of(to).lower() if to else None
         if domain is not None and domain in self._domain_set:
@@ -253,6 +297,14 @@ class SessionManager(service.Service):
         self._deliver_event(event)
 
     def _deliver_event(self, event: StanzaEvent) -> None:
+        to = event.to
+        if (to.user is not None and event.sender is not None
+                and event.sender.userhost() != to.userhost()):
+            self._filter(events.InboundFilter, event, self._to_local)
+        else:
+            self._to_local(event)
+
+    def _to_local(self, event: StanzaEvent) -> None:
         name = event.stanza.name
         if name == "message":
             self._guard(event, self.hooks.run(events.MessageToLocal, event), self._message_default)
@@ -260,6 +312,18 @@ class SessionManager(service.Service):
             self._guard(event, self.hooks.run(events.PresenceToLocal, event), self._presence_default)
         elif name == "iq":
             self._iq_to_local(event)
+
+    def _filter(self, point: events.HookPoint, event: StanzaEvent, onward: Any) -> None:
+        """Run the filters at ``point``, then ``onward(event)`` unless one took the stanza."""
+        try:
+            outcome = self.hooks.run(point, event)
+        except Exception as e:
+            self._reply_error(event, e)
+            return
+        if outcome is Outcome.PASS:
+            onward(event)
+        else:
+            self._guard(event, outcome, onward)
 
     def _guard(self, event: StanzaEvent, outcome: Any, onward: Any) -> None:
         """Continue with ``onward(event)`` unless a hook took the stanza; map errors to replies."""
@@ -290,13 +354,13 @@ class SessionManager(service.Service):
             if event.target is Target.SELF:
                 event.target = Target.BARE
             event.session = None
-            self._guard(event, self.hooks.run(events.MessageToLocal, event), self._message_default)
+            self._deliver_event(event)
         else:
             self.router.route(event.stanza)
 
     def _presence_onward(self, event: StanzaEvent) -> None:
         if event.to is not None:
-            self.route(event.stanza)
+            self._forward(event.stanza)  # the outbound filters saw it in receive()
 
     def _message_default(self, event: StanzaEvent) -> None:
         if event.type in ("error", "headline"):
@@ -318,7 +382,7 @@ class SessionManager(service.Service):
             return
         if event.target is Target.BARE or event.target is Target.FULL:
             event.session = None
-            self._iq_to_local(event)
+            self._deliver_event(event)
             return
         self._run_iq(event)
 
