@@ -6,6 +6,9 @@ to a bare JID is an error. With no such resource the message is undeliverable:
 the ``Undeliverable`` hook (offline storage) may take it, else the sender gets
 ``service-unavailable``. Full JID: that resource if bound, else bare rules for
 chat and normal.
+
+Observers of ``MessageDelivered`` (carbons, archiving) learn which sessions got
+each delivered message.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from tigasepy.interfaces import IExtension, Protocol
-from tigasepy.sm.events import HANDLED, MessageToLocal, Outcome, StanzaEvent, Target, Undeliverable
+from tigasepy.sm.events import (
+    HANDLED, DeliveryEvent, MessageDelivered, MessageToLocal, Outcome, StanzaEvent, Target, Undeliverable,
+)
 from tigasepy.sm.host import ExtensionHost
 from tigasepy.xmpp.errors import StanzaError
 
@@ -44,6 +49,7 @@ class MessageDelivery:
             session = self._host.session(event.to.full())
             if session is not None:
                 session.send(event.stanza)
+                self._host.notify(MessageDelivered, DeliveryEvent(event, (session,)))
                 return HANDLED
             if kind == "groupchat":
                 raise StanzaError("service-unavailable")
@@ -64,6 +70,7 @@ class MessageDelivery:
                 candidates = [s for s in candidates if s.priority == top]
             for session in candidates:
                 session.send(event.stanza)
+            self._host.notify(MessageDelivered, DeliveryEvent(event, tuple(candidates)))
             return HANDLED
         if kind == "headline":
             return HANDLED

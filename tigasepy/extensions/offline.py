@@ -19,8 +19,8 @@ from zope.interface import implementer
 from tigasepy.config import ConfigError
 from tigasepy.interfaces import IExtension, Protocol
 from tigasepy.sm.events import (
-    HANDLED, PASS, AccountEvent, AccountRemoved, InitialPresence, SessionEvent, StanzaEvent,
-    Undeliverable,
+    HANDLED, PASS, AccountEvent, AccountRemoved, DeliveryEvent, InitialPresence, MessageDelivered,
+    SessionEvent, StanzaEvent, Undeliverable,
 )
 from tigasepy.sm.host import ExtensionHost
 from tigasepy.storage.interfaces import IOfflineStore
@@ -93,6 +93,7 @@ class OfflineMessages:
         delay["from"] = event.to.host
         delay["stamp"] = delay_stamp(now)
         await self._store.append(owner, stanza.toXml(), now)
+        self._host.notify(MessageDelivered, DeliveryEvent(event, offline=True))
         return HANDLED
 
     async def _flush(self, event: SessionEvent) -> None:

@@ -54,6 +54,10 @@ PresenceFromClient = HookPoint("presence/from-client", "a presence sent by a loc
 MessageToLocal = HookPoint("message/to-local", "a message addressed to a local account")
 PresenceToLocal = HookPoint("presence/to-local", "a presence addressed to a local account")
 Undeliverable = HookPoint("message/undeliverable", "a message no available resource can take")
+# Observers (the return value is ignored) of a message for a local account that was
+# written to sessions or kept offline: carbons, archiving. Event: ``DeliveryEvent``.
+MessageDelivered = HookPoint("message/delivered",
+                             "a message for a local account was written to its sessions or kept offline")
 # Filters (blocking, privacy lists, limits): run first, for every stanza kind (message,
 # presence, IQ), before the hooks above and before the IQ table. A filter returns HANDLED when
 # it took the stanza (dropped it or answered it), PASS to let it go on, or raises StanzaError
@@ -93,6 +97,19 @@ class StanzaEvent:
         """The stanza's ``type`` attribute (``normal``/``available`` defaults applied)."""
         default = {"message": "normal", "presence": "available"}.get(self.stanza.name, "")
         return self.stanza.getAttribute("type") or default
+
+
+@dataclass
+class DeliveryEvent:
+    """A message for a local account that was delivered (``MessageDelivered``).
+
+    ``sessions`` are the resources it was written to; ``offline`` is True when it
+    was kept in offline storage instead (then ``sessions`` is empty).
+    """
+
+    event: StanzaEvent
+    sessions: "tuple[BoundSession, ...]" = ()
+    offline: bool = False
 
 
 @dataclass
