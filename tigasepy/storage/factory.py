@@ -19,10 +19,13 @@ from tigasepy.storage.database import Database
 from tigasepy.storage.engines import DatabaseEngine, PostgresEngine, SqliteEngine
 from tigasepy.storage.interfaces import IAccountStore, IArchiveStore, IOfflineStore, IRosterStore
 from tigasepy.storage.memory import MemoryAccountStore, MemoryArchiveStore, MemoryOfflineStore, MemoryRosterStore
+from tigasepy.storage.interfaces import IPrivacyStore
+from tigasepy.storage.memory import MemoryPrivacyStore
 from tigasepy.storage.migrate import upgrade_txn
 from tigasepy.storage.sql.accounts import SqlAccountStore
 from tigasepy.storage.sql.archive import SqlArchiveStore
 from tigasepy.storage.sql.offline import SqlOfflineStore
+from tigasepy.storage.sql.privacy import SqlPrivacyStore
 from tigasepy.storage.sql.roster import SqlRosterStore
 
 #: interface -> how to build its SQL store from (database, reactor). Add new areas here.
@@ -31,6 +34,7 @@ SQL_STORES: Mapping[InterfaceClass, Callable[[Database, Any], Any]] = MappingPro
     IRosterStore: lambda db, reactor: SqlRosterStore(db),
     IOfflineStore: lambda db, reactor: SqlOfflineStore(db),
     IArchiveStore: lambda db, reactor: SqlArchiveStore(db),
+    IPrivacyStore: lambda db, reactor: SqlPrivacyStore(db),
 })
 
 #: interface -> its memory store class. Add new areas here.
@@ -39,6 +43,7 @@ MEMORY_STORES: Mapping[InterfaceClass, Callable[[], Any]] = MappingProxyType({
     IRosterStore: MemoryRosterStore,
     IOfflineStore: MemoryOfflineStore,
     IArchiveStore: MemoryArchiveStore,
+    IPrivacyStore: MemoryPrivacyStore,
 })
 
 

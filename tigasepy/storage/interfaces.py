@@ -215,3 +215,60 @@ class IArchiveStore(Interface):
 
     def remove_owner(owner: str) -> Any:
         """Delete ``owner``'s archive and preferences; fires with the number of messages removed."""
+
+
+# -- privacy lists and the blocking command (XEP-0016, XEP-0191) --------------------------------
+
+PRIVACY_KINDS = ("iq", "message", "presence-in", "presence-out")
+"""The stanza kinds a privacy list item may name (XEP-0016 section 2.1)."""
+
+
+@dataclass(frozen=True)
+class PrivacyItem:
+    """One rule of a privacy list (XEP-0016 section 2.1).
+
+    ``type`` is ``jid``, ``group``, ``subscription`` or None (the fall-through item,
+    ``value`` None too); ``action`` is ``allow`` or ``deny``; ``order`` is unique in
+    its list, 0..2**32-1; ``kinds`` holds some of ``PRIVACY_KINDS``, none meaning
+    every stanza in both directions. A ``jid`` value is a prepared JID.
+    """
+
+    order: int
+    action: str
+    type: str | None = None
+    value: str | None = None
+    kinds: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """An account's privacy lists (name -> items ordered by ``order``) and its default list."""
+
+    lists: dict[str, tuple[PrivacyItem, ...]] = field(default_factory=dict)
+    default: str | None = None
+
+
+class IPrivacyStore(Interface):
+    """Privacy lists (XEP-0016) per account, and which one is the default.
+
+    The blocking command (XEP-0191) keeps its blocklist in the default list, so the
+    two protocols share this one store (XEP-0191 section 4). Active lists belong to
+    sessions and are not stored.
+    """
+
+    def get_all(owner: str) -> Any:
+        """Fires with the ``PrivacySettings`` of ``owner`` (empty when it has none)."""
+
+    def put_list(owner: str, name: str, items: tuple[PrivacyItem, ...], make_default: bool = False) -> Any:
+        """Create or replace list ``name`` with ``items`` (in one transaction with
+        making it the default when ``make_default``)."""
+
+    def remove_list(owner: str, name: str) -> Any:
+        """Delete list ``name`` (no longer the default if it was); fires True if it existed."""
+
+    def set_default(owner: str, name: str | None) -> Any:
+        """Make list ``name`` the default (None: no default list); fails with ``KeyError``
+        when ``owner`` has no list ``name``."""
+
+    def remove_owner(owner: str) -> Any:
+        """Delete every list of ``owner`` (account removal)."""

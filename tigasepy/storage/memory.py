@@ -25,6 +25,7 @@ from tigasepy.storage.interfaces import (
     RosterItem,
     ScramCredential,
 )
+from tigasepy.storage.interfaces import IPrivacyStore, PrivacyItem, PrivacySettings
 
 
 @implementer(IAccountStore)
@@ -275,3 +276,54 @@ class MemoryArchiveStore:
         self._prefs.pop(owner, None)
         self._ids.pop(owner, None)
         return defer.succeed(len(self._archives.pop(owner, [])))
+
+
+@implementer(IPrivacyStore)
+class MemoryPrivacyStore:
+    """``IPrivacyStore`` in dicts."""
+
+    def __init__(self) -> None:
+        """Start with no lists."""
+        self._lists: dict[str, dict[str, tuple[PrivacyItem, ...]]] = {}
+        self._defaults: dict[str, str] = {}
+
+    def get_all(self, owner: str) -> "defer.Deferred[PrivacySettings]":
+        """See ``IPrivacyStore.get_all``."""
+        lists = {name: tuple(items) for name, items in self._lists.get(owner, {}).items()}
+        return defer.succeed(PrivacySettings(lists=lists, default=self._defaults.get(owner)))
+
+    def put_list(self, owner: str, name: str, items: tuple[PrivacyItem, ...],
+                 make_default: bool = False) -> "defer.Deferred[None]":
+        """See ``IPrivacyStore.put_list``."""
+        self._lists.setdefault(owner, {})[name] = tuple(sorted(items, key=lambda i: i.order))
+        if make_default:
+            self._defaults[owner] = name
+        return defer.succeed(None)
+
+    def remove_list(self, owner: str, name: str) -> "defer.Deferred[bool]":
+        """See ``IPrivacyStore.remove_list``."""
+        lists = self._lists.get(owner, {})
+        if name not in lists:
+            return defer.succeed(False)
+        del lists[name]
+        if not lists:
+            del self._lists[owner]
+        if self._defaults.get(owner) == name:
+            del self._defaults[owner]
+        return defer.succeed(True)
+
+    def set_default(self, owner: str, name: str | None) -> "defer.Deferred[None]":
+        """See ``IPrivacyStore.set_default``."""
+        if name is None:
+            self._defaults.pop(owner, None)
+        elif name not in self._lists.get(owner, {}):
+            return defer.fail(KeyError(name))
+        else:
+            self._defaults[owner] = name
+        return defer.succeed(None)
+
+    def remove_owner(self, owner: str) -> "defer.Deferred[None]":
+        """See ``IPrivacyStore.remove_owner``."""
+        self._lists.pop(owner, None)
+        self._defaults.pop(owner, None)
+        return defer.succeed(None)
