@@ -18,6 +18,7 @@ from tigasepy.auth.plain import in_thread_pool
 from tigasepy.auth.server_secret import load_or_create_secret
 from tigasepy.auth.service import AuthenticationService
 from tigasepy.c2s.factory import ClientStreamFactory
+from tigasepy.c2s.stream_management import ResumptionRegistry
 from tigasepy.components import configured_components
 from tigasepy.config import Config
 from tigasepy.extensions import enabled_extensions
@@ -109,11 +110,13 @@ class TigaseService(service.MultiService):
         cert, key = tls.ensure_certificate(config)
         self.tls_context = tls.server_context_factory(cert, key)
         self.c2s_connections: set[Any] = set()
+        # XEP-0198 sessions resume on either client listener.
+        self.c2s_resumption = ResumptionRegistry(self.sm, reactor, config.c2s.stream_management)
         self.listeners: list[ListenerService] = []
         c2s = config.c2s
         common = dict(config=c2s, sm=self.sm, auth=self.auth, clock=reactor, tls_context=self.tls_context,
                       channel_binding=tls.channel_binding, default_domain=config.server.domains[0],
-                      connections=self.c2s_connections)
+                      connections=self.c2s_connections, resumption=self.c2s_resumption)
         if c2s.port:
             endpoint = endpoints.TCP4ServerEndpoint(reactor, c2s.port, interface=c2s.interface)
             self._listen("c2s", endpoint, ClientStreamFactory(**common))
@@ -162,6 +165,7 @@ class TigaseService(service.MultiService):
     def stopService(self) -> Any:
         for stream in list(self.c2s_connections):
             stream.close("system-shutdown", "The server is shutting down")
+        self.c2s_resumption.close_all()
         stops = [defer.maybeDeferred(l.stopService) for l in self.listeners if l.running]
         if self.sm.running:
             stops.append(defer.maybeDeferred(self.sm.stopService))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 from dataclasses import replace
 from typing import Any
 
@@ -114,6 +115,13 @@ class C2SHarness:
         self.transport = TLSStringTransport()
         stream.makeConnection(self.transport)
         return stream
+
+    def another_connection(self) -> "C2SHarness":
+        """A second client connection on the same factory (same clock, users and SM)."""
+        other = copy.copy(self)
+        other.view = ClientView()
+        other.stream = other.open()
+        return other
 
     def receive(self, data: str | bytes) -> None:
         """The client sends ``data``."""

@@ -8,6 +8,7 @@ from twisted.internet import protocol
 from twisted.internet.interfaces import IReactorTime
 
 from tigasepy.c2s.protocol import ClientStream
+from tigasepy.c2s.stream_management import ResumptionRegistry
 from tigasepy.config import C2SConfig
 from tigasepy.interfaces import IAuthenticationService, ISessionManager
 
@@ -24,12 +25,17 @@ class ClientStreamFactory(protocol.Factory):
         channel_binding: ``channel_binding(transport)`` giving the TLS channel-binding data.
         default_domain: the domain named in stream headers before the client named one.
         direct_tls: True for the XEP-0368 port, where TLS wraps the socket from the start.
+        connections: the set of open streams, shared by the listeners of one server.
+        resumption: the XEP-0198 registry (tokens, detached sessions), shared by the
+            listeners of one server so that a session dropped on one port resumes on
+            another; a new one when None.
     """
 
     def __init__(self, config: C2SConfig, sm: ISessionManager, auth: IAuthenticationService,
                  clock: IReactorTime, tls_context: Any, channel_binding: Callable[[Any], Any],
                  default_domain: str, direct_tls: bool = False,
-                 connections: set[ClientStream] | None = None) -> None:
+                 connections: set[ClientStream] | None = None,
+                 resumption: ResumptionRegistry | None = None) -> None:
         self.config = config
         self.sm = sm
         self.auth = auth
@@ -40,6 +46,8 @@ class ClientStreamFactory(protocol.Factory):
         self.direct_tls = direct_tls
         self.connections: set[ClientStream] = connections if connections is not None else set()
         self.unauthenticated = 0
+        self.resumption = resumption if resumption is not None else ResumptionRegistry(
+            sm, clock, config.stream_management)
 
     def buildProtocol(self, addr: Any) -> ClientStream:
         stream = ClientStream(self, direct_tls=self.direct_tls)
@@ -55,6 +63,7 @@ class ClientStreamFactory(protocol.Factory):
         self.connections.discard(stream)
 
     def close_all(self, condition: str = "system-shutdown") -> None:
-        """End every open stream of this factory (server shutdown)."""
+        """End every open stream of this factory and every detached session (server shutdown)."""
         for stream in list(self.connections):
             stream.close(condition, "The server is shutting down")
+        self.resumption.close_all()

@@ -18,14 +18,16 @@ from typing import TYPE_CHECKING, Any, Callable
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.words.protocols.jabber.jid import JID
+from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 from twisted.words.xish import domish
 from zope.interface import implementer
 
+from tigasepy.c2s.csi import CSI, CsiBuffer
+from tigasepy.c2s.stream_management import SM, AckState, DetachedSession, add_delay, parse_h
 from tigasepy.interfaces import (
     IClientSession, SaslChallenge, SaslContext, SaslFailure, SaslSuccess,
 )
-from tigasepy.stream.parser import StreamParseError, StreamParser
+from tigasepy.stream.parser import StreamParseError, StreamParser, parse_stanza
 from tigasepy.xmpp import namespaces as ns
 from tigasepy.xmpp.errors import StanzaError, stream_error
 from tigasepy.xmpp.serialize import to_xml
@@ -78,6 +80,14 @@ class ClientStream(protocol.Protocol):
         self._last_activity = 0.0
         self._full = ""
         self._bare = ""
+        # XEP-0198: the session's ack state once enabled (it moves on resumption).
+        self.acks: AckState | None = None
+        self._awaiting_ack = False
+        self._since_request = 0
+        self._request_timer: Any = None
+        self._ack_timer: Any = None
+        # XEP-0352: what is held back while the client is inactive (None: active).
+        self._csi: CsiBuffer | None = None
         self.parser = StreamParser(self._stream_started, self._element, self._stream_ended,
                                    max_stanza_bytes=self.config.stanza_size_limit_bytes,
                                    max_depth=self.config.max_depth)
@@ -105,7 +115,8 @@ class ClientStream(protocol.Protocol):
         self._leave_unauthenticated()
         self.factory.connection_closed(self)
         if previous == _State.BOUND:
-            self.factory.sm.unbind(self)
+            # No </stream:stream>: the stream is unfinished (XEP-0198 section 6).
+            self._leave_session(keep=True)
 
     def dataReceived(self, data: bytes) -> None:
         if self.state == _State.CLOSED:
@@ -127,12 +138,27 @@ class ClientStream(protocol.Protocol):
 
     # -- IClientSession -----------------------------------------------------------------
     def send(self, stanza: domish.Element) -> None:
-        """Write a stanza to the client."""
-        if self.state != _State.CLOSED:
-            self.transport.write(to_xml(stanza).encode("utf-8"))
+        """Write a stanza to the client (held back while it is inactive, XEP-0352)."""
+        if self.state == _State.CLOSED:
+            return
+        csi = self._csi
+        if csi is not None:
+            if csi.hold(stanza):
+                if csi.full:
+                    self._flush_held()
+                return
+            self._flush_held()
+            if self.state == _State.CLOSED:
+                return
+        self._write_stanza(stanza)
 
-    def close(self, condition: str | None = None, text: str | None = None) -> None:
-        """End the stream, with a stream error when ``condition`` is given."""
+    def close(self, condition: str | None = None, text: str | None = None,
+              app_condition: domish.Element | None = None, keep_session: bool = False) -> None:
+        """End the stream, with a stream error when ``condition`` is given.
+
+        ``keep_session``: a resumable session (XEP-0198) outlives this stream (used when
+        the client went silent); otherwise the session ends with the stream.
+        """
         if self.state == _State.CLOSED:
             return
         if condition is not None:
@@ -141,21 +167,276 @@ class ClientStream(protocol.Protocol):
                                condition=condition)
             if not self._header_sent:
                 self._send_header()
-            self.transport.write(stream_error(condition, text).toXml(prefixes={ns.STREAMS: "stream"}).encode("utf-8"))
+            error = stream_error(condition, text)
+            if app_condition is not None:
+                error.addChild(app_condition)
+            self.transport.write(error.toXml(prefixes={ns.STREAMS: "stream"}).encode("utf-8"))
         self.transport.write(b"</stream:stream>")
         was_bound = self.state == _State.BOUND
         self.state = _State.CLOSED
         if was_bound:
-            self.factory.sm.unbind(self)
+            self._leave_session(keep=keep_session)
         self.transport.loseConnection()
+
+    def _leave_session(self, keep: bool) -> None:
+        """This stream no longer carries its session: detach it for resumption, or end it.
+
+        Stanzas held back for an inactive client count as sent: they are resent on
+        resumption or bounced (re-delivered, stored offline) when the session ends.
+        """
+        self._cancel_ack_timers()
+        acks, self.acks = self.acks, None
+        held = self._csi.drain() if self._csi is not None else []
+        self._csi = None
+        registry = self.factory.resumption
+        if acks is not None:
+            now = self.factory.clock.seconds()
+            for stanza in held:
+                acks.queue.append((to_xml(stanza), now))
+            if keep and acks.resumable and registry.detach(self, acks):
+                return
+        registry.finish(self, acks)
+
+    # -- writing stanzas (XEP-0198 counting, XEP-0352 batching) --------------------------
+    def _write_stanza(self, stanza: domish.Element) -> None:
+        data = to_xml(stanza)
+        acks = self.acks
+        if acks is None:
+            self.transport.write(data.encode("utf-8"))
+            return
+        acks.queue.append((data, self.factory.clock.seconds()))
+        if len(acks.queue) > self.config.stream_management.max_unacked:
+            self.close("policy-violation", "Too many unacknowledged stanzas")
+            return
+        self.transport.write(data.encode("utf-8"))
+        self._since_request += 1
+        if not self._awaiting_ack:
+            if self._since_request >= self.config.stream_management.ack_request_every_stanzas:
+                self._request_ack()
+            elif self._request_timer is None:
+                self._request_timer = self.factory.clock.callLater(
+                    self.config.stream_management.ack_request_every_s, self._request_due)
+
+    def _flush_held(self) -> None:
+        csi = self._csi
+        if csi is None:
+            return
+        for stanza in csi.drain():
+            if self.state == _State.CLOSED:
+                return
+            self._write_stanza(stanza)
+
+    # -- XEP-0198 acks -------------------------------------------------------------------
+    def _request_due(self) -> None:
+        self._request_timer = None
+        if self.state == _State.BOUND and self.acks is not None and self.acks.queue and not self._awaiting_ack:
+            self._request_ack()
+
+    def _request_ack(self) -> None:
+        if self._request_timer is not None and self._request_timer.active():
+            self._request_timer.cancel()
+        self._request_timer = None
+        self._awaiting_ack = True
+        self._since_request = 0
+        self.transport.write(f"<r xmlns='{SM}'/>".encode())
+        timeout = self.config.stream_management.ack_timeout_s
+        if timeout and self._ack_timer is None:
+            self._ack_timer = self.factory.clock.callLater(timeout, self._ack_overdue)
+
+    def _ack_overdue(self) -> None:
+        """The client did not answer an ack request in time: its connection is taken as dead."""
+        self._ack_timer = None
+        if self.state != _State.BOUND:
+            return
+        self._log.info("{jid}: no ack within {seconds}s; dropping the connection", jid=self._full,
+                       seconds=self.config.stream_management.ack_timeout_s)
+        self.transport.abortConnection()
+
+    def _cancel_ack_timers(self) -> None:
+        for timer in (self._request_timer, self._ack_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._request_timer = self._ack_timer = None
+        self._awaiting_ack = False
+        self._since_request = 0
+
+    def _sm_failed(self, condition: str, h: int | None = None) -> None:
+        failed = domish.Element((SM, "failed"))
+        if h is not None:
+            failed["h"] = str(h)
+        failed.addElement((ns.STANZA_ERRORS, condition))
+        self.transport.write(failed.toXml().encode("utf-8"))
+
+    def _too_high(self, acks: AckState, h: int) -> None:
+        """XEP-0198 section 7: an ``h`` beyond what was sent ends the stream."""
+        sent = acks.sent
+        app = domish.Element((SM, "handled-count-too-high"))
+        app["h"] = str(h)
+        app["send-count"] = str(sent)
+        self.close("undefined-condition", f"You acknowledged {h} stanzas, but I only sent you {sent} so far.",
+                   app_condition=app)
+
+    def _sm_element(self, element: domish.Element) -> None:
+        """``<enable/>``, ``<r/>``, ``<a/>`` or ``<resume/>`` on a bound stream."""
+        name = element.name
+        acks = self.acks
+        if name == "r":
+            if acks is not None:
+                self.transport.write(f"<a xmlns='{SM}' h='{acks.inbound}'/>".encode())
+        elif name == "a":
+            if acks is None:
+                return
+            h = parse_h(element.getAttribute("h"))
+            if h is None:
+                self.close("bad-format", "An <a/> needs an 'h' between 0 and 2^32-1")
+                return
+            if not acks.check(h):
+                self._too_high(acks, h)
+                return
+            acks.ack(h)
+            self._awaiting_ack = False
+            if self._ack_timer is not None and self._ack_timer.active():
+                self._ack_timer.cancel()
+            self._ack_timer = None
+            if acks.queue:
+                if self._since_request >= self.config.stream_management.ack_request_every_stanzas:
+                    self._request_ack()
+                elif self._request_timer is None:
+                    self._request_timer = self.factory.clock.callLater(
+                        self.config.stream_management.ack_request_every_s, self._request_due)
+        elif name == "enable":
+            if not self.config.stream_management.enabled:
+                self._sm_failed("feature-not-implemented")
+            elif acks is not None:
+                self._sm_failed("unexpected-request")   # at most one <enable/> (XEP-0198 3)
+            else:
+                self._enable(element)
+        elif name == "resume":
+            self._sm_failed("unexpected-request")       # a bound stream cannot resume another
+        else:
+            self.close("unsupported-stanza-type", f"Unknown stream management element {name}")
+
+    def _enable(self, element: domish.Element) -> None:
+        config = self.config.stream_management
+        acks = AckState(self._bare, self.jid)
+        acks.holder = self
+        enabled = domish.Element((SM, "enabled"))
+        if element.getAttribute("resume") in ("true", "1") and config.resume_timeout_s > 0:
+            max_s = config.resume_timeout_s
+            wanted = parse_h(element.getAttribute("max"))
+            if wanted:
+                max_s = min(max_s, wanted)
+            enabled["id"] = self.factory.resumption.grant(acks, max_s)
+            enabled["resume"] = "true"
+            enabled["max"] = str(max_s)
+            if config.location:
+                enabled["location"] = config.location
+        self.acks = acks
+        self._since_request = 0
+        self._awaiting_ack = False
+        self.transport.write(enabled.toXml().encode("utf-8"))
+
+    def _resume(self, element: domish.Element) -> None:
+        """``<resume previd h/>`` on an authenticated stream, before bind (XEP-0198 5)."""
+        if not self.config.stream_management.enabled:
+            self._sm_failed("feature-not-implemented")
+            return
+        previd = element.getAttribute("previd")
+        h = parse_h(element.getAttribute("h"))
+        if not previd or h is None:
+            self._sm_failed("bad-request")
+            return
+        try:
+            owner = JID(tuple=(self.username, self.domain, None)).userhost()
+        except InvalidFormat:
+            self._sm_failed("item-not-found")
+            return
+        registry = self.factory.resumption
+        acks = registry.lookup(previd, owner)
+        if acks is None:
+            self._sm_failed("item-not-found", registry.ended_h(previd, owner))
+            return
+        if not acks.check(h):
+            self._too_high(acks, h)
+            return
+        old = acks.holder
+        if isinstance(old, DetachedSession):
+            registry.unpark(old)
+        elif isinstance(old, ClientStream) and old is not self and old.state == _State.BOUND:
+            old._hand_over()
+        else:
+            self._sm_failed("item-not-found")
+            return
+        if not self.factory.sm.replace_handle(old, self):
+            if isinstance(old, DetachedSession):
+                old.end()
+            registry.forget(acks)
+            self._sm_failed("item-not-found")
+            return
+        acks.ack(h)
+        acks.holder = self
+        self.acks = acks
+        self.jid = acks.jid
+        self._full = acks.jid.full()
+        self._bare = acks.jid.userhost()
+        self.state = _State.BOUND
+        self._leave_unauthenticated()
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+        self._log.info("{jid} resumed its session from {peer} ({count} stanzas to resend)", jid=self._full,
+                       peer=self._peer(), count=len(acks.queue))
+        resumed = domish.Element((SM, "resumed"))
+        resumed["previd"] = previd
+        resumed["h"] = str(acks.inbound)
+        self.transport.write(resumed.toXml().encode("utf-8"))
+        domain = acks.jid.host
+        for xml, first_sent in list(acks.queue):
+            if xml.startswith(("<message", "<presence")):
+                stanza = parse_stanza(xml)
+                add_delay(stanza, domain, first_sent)
+                xml = to_xml(stanza)
+            self.transport.write(xml.encode("utf-8"))
+        if acks.queue:
+            self._request_ack()
+
+    def _hand_over(self) -> None:
+        """This half-open stream's session was resumed on another connection: drop this one."""
+        acks, self.acks = self.acks, None
+        self._cancel_ack_timers()
+        if self._csi is not None and acks is not None:
+            now = self.factory.clock.seconds()
+            for stanza in self._csi.drain():
+                acks.queue.append((to_xml(stanza), now))
+        self._csi = None
+        self._log.info("{jid}: session resumed elsewhere; closing the old stream", jid=self._full)
+        error = stream_error("conflict", "The session was resumed on another connection")
+        self.transport.write(error.toXml(prefixes={ns.STREAMS: "stream"}).encode("utf-8"))
+        self.transport.write(b"</stream:stream>")
+        self.state = _State.CLOSED
+        self.transport.loseConnection()
+
+    # -- XEP-0352 client state -----------------------------------------------------------
+    def _csi_element(self, element: domish.Element) -> None:
+        if element.name == "inactive":
+            if self._csi is None:
+                self._csi = CsiBuffer(self.config.csi.max_buffered)
+        elif element.name == "active":
+            self._flush_held()
+            self._csi = None
+        else:
+            self.close("unsupported-stanza-type", f"Unknown client state element {element.name}")
 
     # -- timers -------------------------------------------------------------------------
     def _check_idle(self) -> None:
         self._timer = None
+        if self.state == _State.CLOSED:
+            self.transport.abortConnection()   # closed, but the peer never let go
+            return
         clock = self.factory.clock
         idle = clock.seconds() - self._last_activity
         if idle >= self.config.idle_timeout_s:
-            self.close("connection-timeout", "No data for too long")
+            self.close("connection-timeout", "No data for too long", keep_session=True)
         else:
             self._timer = clock.callLater(self.config.idle_timeout_s - idle, self._check_idle)
 
@@ -235,6 +516,10 @@ class ClientStream(protocol.Protocol):
             features.addElement((ns.BIND, "bind"))
             session = features.addElement((ns.SESSION, "session"))
             session.addElement("optional")
+            if self.config.stream_management.enabled:
+                features.addElement((SM, "sm"))
+            if self.config.csi.enabled:
+                features.addElement((CSI, "csi"))
             for element in self.factory.sm.features_for(self.domain, True):
                 features.addChild(element)
         self.transport.write(features.toXml(prefixes={ns.STREAMS: "stream"}).encode("utf-8"))
@@ -252,7 +537,15 @@ class ClientStream(protocol.Protocol):
             return
         state = self.state
         if state == _State.BOUND:
-            self._stanza(element)
+            uri = element.uri
+            if uri is None:
+                self._stanza(element)
+            elif uri == SM:
+                self._sm_element(element)
+            elif uri == CSI and self.config.csi.enabled:
+                self._csi_element(element)
+            else:
+                self._stanza(element)
         elif state == _State.FEATURES or state == _State.SASL:
             self._negotiate(element)
         elif state == _State.AUTHENTICATED:
@@ -271,6 +564,8 @@ class ClientStream(protocol.Protocol):
             self.close("invalid-from", "The from address does not match the stream")
             return
         stanza.attributes["from"] = self._full
+        if self.acks is not None:
+            self.acks.count_inbound()
         self.factory.sm.receive(self, stanza)
 
     # -- STARTTLS and SASL --------------------------------------------------------------
@@ -409,6 +704,14 @@ class ClientStream(protocol.Protocol):
 
     # -- resource binding ---------------------------------------------------------------
     def _pre_bind(self, stanza: domish.Element) -> None:
+        if stanza.uri == SM:
+            if stanza.name == "resume":
+                self._resume(stanza)
+            elif stanza.name == "enable":
+                self._sm_failed("unexpected-request")   # only after bind (XEP-0198 3)
+            return
+        if stanza.uri == CSI:
+            return   # client state matters once stanzas flow
         if stanza.uri is not None or stanza.name != "iq":
             self.close("not-authorized", "Bind a resource first")
             return

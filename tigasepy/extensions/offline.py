@@ -89,9 +89,11 @@ class OfflineMessages:
         if await self._store.count(owner) >= self._config.max_per_user:
             raise StanzaError("service-unavailable", "Offline storage is full")
         now = self._host.clock.seconds()
-        delay = stanza.addElement((ns.DELAY, "delay"))
-        delay["from"] = event.to.host
-        delay["stamp"] = delay_stamp(now)
+        if not any(d.getAttribute("from") == event.to.host for d in stanza.elements(ns.DELAY, "delay")):
+            # (a stanza re-delivered after a session ended already carries its original time)
+            delay = stanza.addElement((ns.DELAY, "delay"))
+            delay["from"] = event.to.host
+            delay["stamp"] = delay_stamp(now)
         await self._store.append(owner, stanza.toXml(), now)
         self._host.notify(MessageDelivered, DeliveryEvent(event, offline=True))
         return HANDLED
