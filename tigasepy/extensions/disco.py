@@ -20,7 +20,8 @@ class ServiceDiscovery:
     """``disco#info`` and ``disco#items`` for the server and for accounts."""
 
     name = "disco"
-    protocols = (Protocol("XEP-0030", "2.5.0", "complete"),)
+    protocols = (Protocol("XEP-0030", "2.5.0", "complete"),
+                 Protocol("XEP-0128", "1.0.1", "complete", "forms declared by extensions"))
     config_type = None
 
     def __init__(self, config: None, host: ExtensionHost) -> None:
