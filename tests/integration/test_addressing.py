@@ -108,3 +108,54 @@ async def test_bare_from_is_accepted_and_stamped_with_the_full_jid(
     await asyncio.to_thread(_send_with_bare_from, xmpp_server, accounts["alice"])
     got = await bob.messages.wait_for(is_chat("bare from"), what="the message")
     assert got.xml.get("from") == "alice@localhost/raw"
+
+
+CROSS_ACCOUNT_IQS = [
+    pytest.param("get", "bob@localhost", "<query xmlns='jabber:iq:roster'/>", "forbidden", id="read-roster"),
+    pytest.param("set", "bob@localhost", "<query xmlns='jabber:iq:roster'><item jid='eve@localhost'/></query>",
+                 "forbidden", id="write-roster"),
+    pytest.param("get", "bob@localhost/b", "<query xmlns='jabber:iq:roster'/>", "forbidden",
+                 id="read-roster-via-full-jid"),
+    pytest.param("set", "bob@localhost", "<query xmlns='jabber:iq:register'><username>bob</username>"
+                 "<password>pwned</password></query>", "service-unavailable", id="change-password"),
+    pytest.param("set", "bob@localhost", "<query xmlns='jabber:iq:register'><remove/></query>",
+                 "service-unavailable", id="remove-account"),
+    pytest.param("set", "localhost", "<query xmlns='jabber:iq:register'><username>bob</username>"
+                 "<password>pwned</password></query>", "not-allowed", id="change-password-via-server"),
+]
+
+
+def _iq(server: RunningServer, password: str, kind: str, to: str, payload: str) -> str | None:
+    client = RawXmppClient(server.c2s_port, domain=server.domain, cafile=server.certificate_path)
+    try:
+        client.login("alice", password)
+        client.send(f"<iq type='{kind}' id='cross' to='{to}'>{payload}</iq>")
+        while True:
+            reply = client.read_element()
+            if reply.get("id") == "cross":
+                break
+        if reply.get("type") != "error":
+            return f"type={reply.get('type')}"
+        error = reply.find(f"{{{CLIENT}}}error")
+        return next((c.tag.split("}", 1)[1] for c in error
+                     if c.tag.startswith(f"{{{STANZA_ERRORS}}}") and not c.tag.endswith("}text")), None)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("server_overrides", [{"extensions": {"register": {"enabled": True}}}])
+@pytest.mark.parametrize("kind,to,payload,condition", CROSS_ACCOUNT_IQS)
+@asyncio_test
+async def test_iqs_against_another_account_are_refused(
+        clients: ClientPool, xmpp_server: RunningServer, accounts: dict[str, str],
+        kind: str, to: str, payload: str, condition: str) -> None:
+    """alice cannot read or write bob's roster, change his password or remove his account;
+    bob's roster stays empty and his password keeps working."""
+    from support.xmpp_clients import fetch_roster
+
+    bob = await clients.login("bob", resource="b")
+    await fetch_roster(bob)
+    assert await asyncio.to_thread(_iq, xmpp_server, accounts["alice"], kind, to, payload) == condition
+    assert await fetch_roster(bob) == {}
+    assert bob.roster_pushes.items == []
+    await clients.login("bob", resource="again")

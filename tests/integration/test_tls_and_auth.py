@@ -216,8 +216,10 @@ def _scram_plus(server: RunningServer, password: str, *, tls_max: int | None, cb
         client.starttls()
         offered = client.mechanisms()
         cb_types = client.channel_binding_types()
-        data = client.channel_binding(cb_type) if cb_type != "tls-unique" or client.tls_version == "TLSv1.2" \
-            else b"\0" * 12
+        if cb_type == "tls-unique" and client.tls_version == "TLSv1.3":
+            data = b"\0" * 12  # TLS 1.3 has no tls-unique (RFC 9266); claim some anyway
+        else:
+            data = client.channel_binding(cb_type)
         if tamper:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
         result = client.auth_scram(mechanism, "alice", password, channel_binding=(cb_type, data))
