@@ -376,9 +376,6 @@ def _switch_domain_after_sasl(server: RunningServer, password: str) -> str:
         client.close()
 
 
-@pytest.mark.xfail(strict=True, reason="server bug (auth bypass): ClientStream._stream_started takes the "
-                   "restarted stream's 'to' as self.domain, and _pre_bind binds username@self.domain, so "
-                   "a user authenticated in one hosted domain becomes the same username in another")
 @pytest.mark.parametrize("server_overrides", [{"server": {"domains": ["localhost", "other.localhost"]}}])
 @asyncio_test
 async def test_stream_restart_after_sasl_cannot_switch_to_another_hosted_domain(

@@ -564,3 +564,25 @@ def test_protocols_are_listed_in_the_doap():
         block = re.search(rf"xep-{number}\.html\"/>\s*<xmpp:version>([^<]+)</xmpp:version>", doap)
         assert block is not None, f"{protocol.spec} is not in tigasepy.doap"
         assert block.group(1) == protocol.version
+
+
+def test_a_token_cannot_be_taken_to_another_hosted_domain(stores):
+    """alice@example.org cannot restart her authenticated stream to other.org and resume
+    (or bind) as alice@other.org."""
+    world = SMHarness([(Ping, None)], stores, domains=("example.org", "other.org"))
+    victim = C2SHarness(world.sm, config=config(), clock=world.clock)
+    victim.login("alice", resource="home")
+    token = enable(victim)
+    drop(victim)
+    attacker = victim.another_connection()
+    attacker.receive(HEADER)
+    attacker.output()
+    token64 = base64.b64encode(b"\0alice\0secret").decode()
+    attacker.receive(f"<auth xmlns='{ns.SASL}' mechanism='PLAIN'>{token64}</auth>")
+    attacker.output()
+    attacker.view.restart()
+    attacker.receive(HEADER.replace("to='example.org'", "to='other.org'"))
+    attacker.receive(f"<resume xmlns='{SM}' previd='{token}' h='0'/>")
+    attacker.output()
+    assert attacker.stream_error() == "not-authorized"
+    assert isinstance(world.sm.session("alice@example.org/home").handle, DetachedSession)

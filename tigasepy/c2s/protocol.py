@@ -462,9 +462,14 @@ class ClientStream(protocol.Protocol):
 
     def _stream_started(self, header: dict[str, str]) -> None:
         to = (header.get("to") or "").lower()
+        self._header_sent = False
+        if self.username is not None and to != self.domain:
+            # Authenticated for one hosted domain: the restarted stream may not switch to
+            # another, where the same username is someone else (and owns other sessions).
+            self.close("not-authorized", f"Authenticated for {self.domain}; restart the stream to it")
+            return
         if self.sm_hosts(to):
             self.domain = to
-        self._header_sent = False
         if header["__name__"] != "stream" or header["__uri__"] != ns.STREAMS:
             self.close("invalid-namespace", "Expected a stream in the streams namespace")
             return
