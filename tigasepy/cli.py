@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
+from tigasepy.admin.commands import delete_account_and_data_txn
 from tigasepy.auth.accounts import (
     DomainNotHosted,
     InvalidAccountJID,
@@ -44,8 +45,6 @@ from tigasepy.storage.factory import database_engine
 from tigasepy.storage.interfaces import AccountExists, NoSuchAccount
 from tigasepy.storage.migrate import SchemaError, current_version_txn, upgrade_txn
 from tigasepy.storage.sql import accounts as sql_accounts
-from tigasepy.storage.sql import offline as sql_offline
-from tigasepy.storage.sql import roster as sql_roster
 
 PROG = "tigasepy"
 DEFAULT_CONFIG = "tigasepy.toml"
@@ -235,7 +234,8 @@ def _configure_user(parser: argparse.ArgumentParser) -> None:
     passwd.add_argument("--password", help=password_help)
     passwd.set_defaults(run=_run_user_passwd)
 
-    delete = actions.add_parser("del", help="delete an account with its roster and offline messages")
+    delete = actions.add_parser("del", help="delete an account with all its data (roster, offline messages, "
+                                            "vCard, private storage, ...)")
     delete.add_argument("jid", metavar="JID")
     delete.set_defaults(run=_run_user_del)
 
@@ -272,18 +272,6 @@ def _run_user_passwd(args: argparse.Namespace) -> int:
             raise CliError(f"no user {jid}") from None
     _out(f"changed password of user {jid}")
     return 0
-
-
-def delete_account_and_data_txn(cursor: Any, engine: DatabaseEngine, jid: str) -> None:
-    """Delete the account ``jid`` with its roster and offline messages, in one transaction.
-
-    Raises:
-        NoSuchAccount: there is no account ``jid``.
-    """
-    if not sql_accounts.delete_account_txn(cursor, engine, jid):
-        raise NoSuchAccount(jid)
-    sql_roster.remove_owner_txn(cursor, engine, jid)
-    sql_offline.remove_owner_txn(cursor, engine, jid)
 
 
 def _run_user_del(args: argparse.Namespace) -> int:

@@ -18,11 +18,14 @@ from tigasepy.config import load_config
 from tigasepy.storage.database import run_sync
 from tigasepy.storage.engines import SqliteEngine
 from tigasepy.storage.factory import open_stores
-from tigasepy.storage.interfaces import IAccountStore, RosterItem
+from tigasepy.storage.interfaces import IAccountStore, LastActivity, RosterItem, VCard
 from tigasepy.storage.migrate import current_version_txn, latest_version
 from tigasepy.storage.sql import accounts as sql_accounts
+from tigasepy.storage.sql import last_activity as sql_last_activity
 from tigasepy.storage.sql import offline as sql_offline
+from tigasepy.storage.sql import private as sql_private
 from tigasepy.storage.sql import roster as sql_roster
+from tigasepy.storage.sql import vcard as sql_vcard
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -192,6 +195,22 @@ def test_user_del_removes_account_roster_and_offline_messages(run, config_path):
     assert run_sync(connection, engine, sql_roster.get_items_txn, engine, "alice@example.org") == []
     assert run_sync(connection, engine, sql_offline.count_txn, engine, "alice@example.org") == 0
     assert run("user", "del", "alice@example.org") == (1, "", "tigasepy: error: no user alice@example.org\n")
+
+
+def test_user_del_removes_vcard_private_storage_and_last_activity(run, config_path):
+    run("user", "add", "alice@example.org", "--password", "x")
+    run("user", "add", "bob@example.org", "--password", "x")
+    connection, engine = db(config_path)
+    for jid in ("alice@example.org", "bob@example.org"):
+        run_sync(connection, engine, sql_vcard.set_vcard_txn, engine, jid, VCard("<vCard xmlns='vcard-temp'/>"))
+        run_sync(connection, engine, sql_private.set_private_txn, engine, jid, {"urn:a": "<a xmlns='urn:a'/>"})
+        run_sync(connection, engine, sql_last_activity.set_last_txn, engine, jid, LastActivity(1.0, "bye"))
+    assert run("user", "del", "alice@example.org")[0] == 0
+    assert run_sync(connection, engine, sql_vcard.get_vcard_txn, engine, "alice@example.org") is None
+    assert run_sync(connection, engine, sql_private.namespaces_txn, engine, "alice@example.org") == []
+    assert run_sync(connection, engine, sql_last_activity.get_last_txn, engine, "alice@example.org") is None
+    assert run_sync(connection, engine, sql_vcard.get_vcard_txn, engine, "bob@example.org") is not None
+    assert run_sync(connection, engine, sql_private.namespaces_txn, engine, "bob@example.org") == ["urn:a"]
 
 
 def test_user_list_all_and_by_domain(run):

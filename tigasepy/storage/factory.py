@@ -17,16 +17,24 @@ from zope.interface.interface import InterfaceClass
 from tigasepy.config import Config, ConfigError
 from tigasepy.storage.database import Database
 from tigasepy.storage.engines import DatabaseEngine, PostgresEngine, SqliteEngine
-from tigasepy.storage.interfaces import IAccountStore, IArchiveStore, IOfflineStore, IRosterStore
-from tigasepy.storage.memory import MemoryAccountStore, MemoryArchiveStore, MemoryOfflineStore, MemoryRosterStore
+from tigasepy.storage.interfaces import (
+    IAccountStore, IArchiveStore, ILastActivityStore, IOfflineStore, IPrivateStore, IRosterStore, IVCardStore,
+)
+from tigasepy.storage.memory import (
+    MemoryAccountStore, MemoryArchiveStore, MemoryLastActivityStore, MemoryOfflineStore, MemoryPrivateStore,
+    MemoryRosterStore, MemoryVCardStore,
+)
 from tigasepy.storage.interfaces import IPrivacyStore
 from tigasepy.storage.memory import MemoryPrivacyStore
 from tigasepy.storage.migrate import upgrade_txn
 from tigasepy.storage.sql.accounts import SqlAccountStore
 from tigasepy.storage.sql.archive import SqlArchiveStore
+from tigasepy.storage.sql.last_activity import SqlLastActivityStore
 from tigasepy.storage.sql.offline import SqlOfflineStore
 from tigasepy.storage.sql.privacy import SqlPrivacyStore
+from tigasepy.storage.sql.private import SqlPrivateStore
 from tigasepy.storage.sql.roster import SqlRosterStore
+from tigasepy.storage.sql.vcard import SqlVCardStore
 
 #: interface -> how to build its SQL store from (database, reactor). Add new areas here.
 SQL_STORES: Mapping[InterfaceClass, Callable[[Database, Any], Any]] = MappingProxyType({
@@ -35,6 +43,9 @@ SQL_STORES: Mapping[InterfaceClass, Callable[[Database, Any], Any]] = MappingPro
     IOfflineStore: lambda db, reactor: SqlOfflineStore(db),
     IArchiveStore: lambda db, reactor: SqlArchiveStore(db),
     IPrivacyStore: lambda db, reactor: SqlPrivacyStore(db),
+    IVCardStore: lambda db, reactor: SqlVCardStore(db),
+    IPrivateStore: lambda db, reactor: SqlPrivateStore(db),
+    ILastActivityStore: lambda db, reactor: SqlLastActivityStore(db),
 })
 
 #: interface -> its memory store class. Add new areas here.
@@ -44,6 +55,9 @@ MEMORY_STORES: Mapping[InterfaceClass, Callable[[], Any]] = MappingProxyType({
     IOfflineStore: MemoryOfflineStore,
     IArchiveStore: MemoryArchiveStore,
     IPrivacyStore: MemoryPrivacyStore,
+    IVCardStore: MemoryVCardStore,
+    IPrivateStore: MemoryPrivateStore,
+    ILastActivityStore: MemoryLastActivityStore,
 })
 
 

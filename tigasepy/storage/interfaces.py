@@ -134,6 +134,64 @@ class IOfflineStore(Interface):
 
 
 @dataclass(frozen=True)
+class VCard:
+    """A user's stored vcard-temp (XEP-0054) and the SHA-1 of its photo (XEP-0153)."""
+
+    xml: str                      # the serialized <vCard xmlns='vcard-temp'/> element
+    photo_hash: str | None = None  # hex SHA-1 of the PHOTO's BINVAL, None without one
+
+
+class IVCardStore(Interface):
+    """One vCard per account (XEP-0054), keyed by the owner's bare JID."""
+
+    def get(owner: str) -> Any:
+        """Fires with the owner's ``VCard`` or None."""
+
+    def set(owner: str, vcard: VCard) -> Any:
+        """Insert or replace the owner's vCard."""
+
+    def remove_owner(owner: str) -> Any:
+        """Delete the owner's vCard (account removal)."""
+
+
+class IPrivateStore(Interface):
+    """Private XML storage (XEP-0049): one XML fragment per owner and namespace."""
+
+    def get(owner: str, namespace: str) -> Any:
+        """Fires with the stored XML (one or more serialized elements) or None."""
+
+    def set(owner: str, items: dict[str, str]) -> Any:
+        """Insert or replace the fragments of several namespaces at once (one transaction)."""
+
+    def namespaces(owner: str) -> Any:
+        """Fires with the sorted namespaces the owner has stored something under."""
+
+    def remove_owner(owner: str) -> Any:
+        """Delete everything the owner stored."""
+
+
+@dataclass(frozen=True)
+class LastActivity:
+    """When an account's last session ended, and the status it left with (XEP-0012)."""
+
+    stamp: float          # seconds since the epoch
+    status: str = ""
+
+
+class ILastActivityStore(Interface):
+    """The last logout of each account (XEP-0012)."""
+
+    def get(owner: str) -> Any:
+        """Fires with the owner's ``LastActivity`` or None."""
+
+    def set(owner: str, activity: LastActivity) -> Any:
+        """Insert or replace the owner's last activity."""
+
+    def remove_owner(owner: str) -> Any:
+        """Forget the owner's last activity."""
+
+
+@dataclass(frozen=True)
 class ArchivedMessage:
     """One message in a user's archive (XEP-0313).
 

@@ -18,12 +18,17 @@ from tigasepy.storage.interfaces import (
     ArchiveQuery,
     IAccountStore,
     IArchiveStore,
+    ILastActivityStore,
     IOfflineStore,
+    IPrivateStore,
     IRosterStore,
+    IVCardStore,
+    LastActivity,
     NoSuchAccount,
     OfflineMessage,
     RosterItem,
     ScramCredential,
+    VCard,
 )
 from tigasepy.storage.interfaces import IPrivacyStore, PrivacyItem, PrivacySettings
 
@@ -161,6 +166,80 @@ class MemoryOfflineStore:
     def remove_owner(self, owner: str) -> "defer.Deferred[int]":
         """See ``IOfflineStore.remove_owner``; fires with the number removed."""
         return defer.succeed(len(self._messages.pop(owner, [])))
+
+
+@implementer(IVCardStore)
+class MemoryVCardStore:
+    """``IVCardStore`` in a dict."""
+
+    def __init__(self) -> None:
+        """Start with no vCards."""
+        self._vcards: dict[str, VCard] = {}
+
+    def get(self, owner: str) -> "defer.Deferred[VCard | None]":
+        """See ``IVCardStore.get``."""
+        return defer.succeed(self._vcards.get(owner))
+
+    def set(self, owner: str, vcard: VCard) -> "defer.Deferred[None]":
+        """See ``IVCardStore.set``."""
+        self._vcards[owner] = VCard(xml=vcard.xml, photo_hash=vcard.photo_hash)
+        return defer.succeed(None)
+
+    def remove_owner(self, owner: str) -> "defer.Deferred[None]":
+        """See ``IVCardStore.remove_owner``."""
+        self._vcards.pop(owner, None)
+        return defer.succeed(None)
+
+
+@implementer(IPrivateStore)
+class MemoryPrivateStore:
+    """``IPrivateStore`` in dicts."""
+
+    def __init__(self) -> None:
+        """Start with nothing stored."""
+        self._data: dict[str, dict[str, str]] = {}
+
+    def get(self, owner: str, namespace: str) -> "defer.Deferred[str | None]":
+        """See ``IPrivateStore.get``."""
+        return defer.succeed(self._data.get(owner, {}).get(namespace))
+
+    def set(self, owner: str, items: dict[str, str]) -> "defer.Deferred[None]":
+        """See ``IPrivateStore.set``."""
+        if items:
+            self._data.setdefault(owner, {}).update(items)
+        return defer.succeed(None)
+
+    def namespaces(self, owner: str) -> "defer.Deferred[list[str]]":
+        """See ``IPrivateStore.namespaces``."""
+        return defer.succeed(sorted(self._data.get(owner, {})))
+
+    def remove_owner(self, owner: str) -> "defer.Deferred[None]":
+        """See ``IPrivateStore.remove_owner``."""
+        self._data.pop(owner, None)
+        return defer.succeed(None)
+
+
+@implementer(ILastActivityStore)
+class MemoryLastActivityStore:
+    """``ILastActivityStore`` in a dict."""
+
+    def __init__(self) -> None:
+        """Start with no records."""
+        self._last: dict[str, LastActivity] = {}
+
+    def get(self, owner: str) -> "defer.Deferred[LastActivity | None]":
+        """See ``ILastActivityStore.get``."""
+        return defer.succeed(self._last.get(owner))
+
+    def set(self, owner: str, activity: LastActivity) -> "defer.Deferred[None]":
+        """See ``ILastActivityStore.set``."""
+        self._last[owner] = LastActivity(stamp=float(activity.stamp), status=activity.status)
+        return defer.succeed(None)
+
+    def remove_owner(self, owner: str) -> "defer.Deferred[None]":
+        """See ``ILastActivityStore.remove_owner``."""
+        self._last.pop(owner, None)
+        return defer.succeed(None)
 
 
 def _bare(jid: str) -> str:
