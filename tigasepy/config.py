@@ -6,9 +6,11 @@ A reload builds a new ``Config``; nothing mutates a config in place.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import socket
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,12 +200,122 @@ class StorageConfig:
             raise ConfigError("must not contain the password; put it in password_file", path)
 
 
+#: The authenticators a chain may name (``[auth] authenticators``), see tigasepy/auth/factory.py.
+AUTHENTICATORS = ("internal", "ldap")
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    else:
+        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return host.lower() in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+
+
+def _check_ldap_filter(text: str, path: tuple[str, ...], need_user: bool) -> None:
+    if not (text.startswith("(") and text.endswith(")")) or text.count("(") != text.count(")"):
+        raise ConfigError("must be an LDAP filter in parentheses, e.g. \"(uid={user})\"", path)
+    if need_user and "{user}" not in text:
+        raise ConfigError("must contain {user} (replaced by the escaped user name)", path)
+
+
+@dataclass(frozen=True)
+class LdapConfig:
+    """``[auth.ldap]``: the directory the ``ldap`` authenticator binds to (PLAIN only).
+
+    ``bind_mode = "direct"`` binds as ``dn_template`` with ``{user}`` replaced (RFC 4514
+    escaped); ``"search"`` binds as ``bind_dn`` (password from ``bind_password_file``),
+    finds the one entry matching ``search_filter`` (``{user}`` RFC 4515 escaped) under
+    ``search_base`` and binds as it. ``group_dn`` / ``require_filter`` limit who may log
+    in. Passwords cross the network only inside TLS (``ldaps://`` or ``starttls``), except
+    to a loopback address.
+    """
+
+    urls: tuple[str, ...] = ()
+    starttls: bool = True
+    ca_file: str = ""
+    tls_verify: bool = True
+    bind_mode: str = "direct"
+    dn_template: str = ""
+    search_base: str = ""
+    search_filter: str = "(&(objectClass=inetOrgPerson)(uid={user}))"
+    bind_dn: str = ""
+    bind_password_file: str = ""
+    group_dn: str = ""
+    group_member_attribute: str = "member"
+    require_filter: str = ""
+    connect_timeout_s: float = 5.0
+    timeout_s: float = 10.0
+    pool_size: int = 4
+
+    def validate(self, path: tuple[str, ...]) -> None:
+        if not self.urls:
+            return  # not configured; [auth] checks that no chain names "ldap" then
+        for url in self.urls:
+            scheme, _, rest = url.partition("://")
+            if scheme.lower() not in ("ldap", "ldaps") or not rest.strip("/"):
+                raise ConfigError(f"{url!r} is not an ldap:// or ldaps:// URL", path + ("urls",))
+            if scheme.lower() == "ldap" and not self.starttls and not _is_loopback_url(url):
+                raise ConfigError(f"{url}: passwords would cross the network in clear text; "
+                                  "use ldaps:// or starttls = true", path + ("starttls",))
+        if self.bind_mode == "direct":
+            if "{user}" not in self.dn_template or "=" not in self.dn_template:
+                raise ConfigError('bind_mode = "direct" needs a DN with {user}, '
+                                  'e.g. "uid={user},ou=people,dc=example,dc=org"', path + ("dn_template",))
+        elif self.bind_mode == "search":
+            if not self.search_base:
+                raise ConfigError('required for bind_mode = "search"', path + ("search_base",))
+            _check_ldap_filter(self.search_filter, path + ("search_filter",), need_user=True)
+            if bool(self.bind_dn) != bool(self.bind_password_file):
+                raise ConfigError("bind_dn and bind_password_file go together", path + ("bind_dn",))
+        else:
+            raise ConfigError('must be "direct" or "search"', path + ("bind_mode",))
+        if self.require_filter:
+            _check_ldap_filter(self.require_filter, path + ("require_filter",), need_user=False)
+        if not self.group_member_attribute or not self.group_member_attribute.replace("-", "").isalnum():
+            raise ConfigError("must be an attribute name (member, uniqueMember, memberUid)",
+                              path + ("group_member_attribute",))
+        if self.connect_timeout_s < 0.1:
+            raise ConfigError("must be >= 0.1", path + ("connect_timeout_s",))
+        if self.timeout_s < 0.1:
+            raise ConfigError("must be >= 0.1", path + ("timeout_s",))
+        _at_least(path + ("pool_size",), self.pool_size, 1)
+
+
+@dataclass(frozen=True)
+class AuthHostConfig:
+    """``[auth.hosts."DOMAIN"]``: one virtual host's own chain (unset options follow ``[auth]``)."""
+
+    authenticators: tuple[str, ...] | None = None
+    anonymous: bool | None = None
+
+
+def _check_chain(names: tuple[str, ...], anonymous: bool, path: tuple[str, ...]) -> None:
+    for name in names:
+        if name not in AUTHENTICATORS:
+            raise ConfigError(f"unknown authenticator {name!r} (known: {', '.join(AUTHENTICATORS)})", path)
+    if len(set(names)) != len(names):
+        raise ConfigError("an authenticator is named twice", path)
+    if not names and not anonymous:
+        raise ConfigError("no authenticator and anonymous = false: nobody could log in", path)
+
+
 @dataclass(frozen=True)
 class AuthConfig:
-    """``[auth]``: how credentials are stored and checked."""
+    """``[auth]``: how credentials are stored and checked, and by which authenticators.
+
+    ``authenticators`` is the ordered chain of every hosted domain (``internal``: accounts
+    with SCRAM keys in the store; ``ldap``: ``[auth.ldap]``); ``anonymous`` adds SASL
+    ANONYMOUS (XEP-0175); ``[auth.hosts."DOMAIN"]`` overrides both for one domain.
+    """
 
     scram_iterations: int = 10000
     scram_hashes: tuple[str, ...] = ("SHA-1", "SHA-256")
+    authenticators: tuple[str, ...] = ("internal",)
+    anonymous: bool = False
+    ldap: LdapConfig = field(default_factory=LdapConfig)
+    hosts: Mapping[str, AuthHostConfig] = field(default_factory=dict)
 
     def validate(self, path: tuple[str, ...]) -> None:
         _at_least(path + ("scram_iterations",), self.scram_iterations, 4096)
@@ -212,6 +324,36 @@ class AuthConfig:
                 raise ConfigError(f"unknown hash {name!r}", path + ("scram_hashes",))
         if not self.scram_hashes:
             raise ConfigError("at least one hash is required", path + ("scram_hashes",))
+        self.ldap.validate(path + ("ldap",))
+        _check_chain(self.authenticators, self.anonymous, path + ("authenticators",))
+        uses_ldap = "ldap" in self.authenticators
+        for domain, host in self.hosts.items():
+            where = path + ("hosts", domain)
+            names = self.chain_of(domain)
+            _check_chain(names, self.anonymous_on(domain), where + ("authenticators",))
+            uses_ldap = uses_ldap or "ldap" in names
+        if uses_ldap and not self.ldap.urls:
+            raise ConfigError('required when an authenticator chain names "ldap"', path + ("ldap", "urls"))
+
+    def validate_hosts(self, domains: tuple[str, ...], path: tuple[str, ...]) -> None:
+        """Every ``[auth.hosts."DOMAIN"]`` must be a hosted domain."""
+        for domain in self.hosts:
+            if domain not in domains:
+                raise ConfigError("not a hosted domain (server.domains)", path + ("hosts", domain))
+
+    def chain_of(self, domain: str) -> tuple[str, ...]:
+        """The ordered authenticator names of ``domain``."""
+        host = self.hosts.get(domain)
+        if host is not None and host.authenticators is not None:
+            return host.authenticators
+        return self.authenticators
+
+    def anonymous_on(self, domain: str) -> bool:
+        """True when ``domain`` offers SASL ANONYMOUS."""
+        host = self.hosts.get(domain)
+        if host is not None and host.anonymous is not None:
+            return host.anonymous
+        return self.anonymous
 
 
 @dataclass(frozen=True)
@@ -243,6 +385,7 @@ class Config:
             value = getattr(self, f.name)
             if hasattr(value, "validate"):
                 value.validate((f.name,))
+        self.auth.validate_hosts(self.server.domains, ("auth",))
         if not isinstance(self.extensions, Mapping):
             raise ConfigError("must be a table", ("extensions",))
         return self
@@ -268,6 +411,14 @@ def _convert(value: Any, hint: Any, path: tuple[str, ...]) -> Any:
         return value
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return section_from_dict(hint, value, path)
+    if origin in (typing.Union, types.UnionType):
+        (inner, *_more) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(value, inner, path)
+    if origin in (dict, collections.abc.Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError("must be a table", path)
+        _key_hint, value_hint = typing.get_args(hint)
+        return {k: _convert(v, value_hint, path + (k,)) for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, list):
             raise ConfigError("must be a list", path)
@@ -408,6 +559,32 @@ data_dir = "data"
 [auth]
 # scram_iterations = 10000
 # scram_hashes = ["SHA-1", "SHA-256"]
+# Who checks passwords, in order: "internal" (accounts in the store, SCRAM and PLAIN)
+# and "ldap" ([auth.ldap] below, PLAIN over TLS only). The first that accepts wins.
+# authenticators = ["internal"]
+# anonymous = false                 # SASL ANONYMOUS (XEP-0175): temporary random accounts
+# One virtual host may differ:
+# [auth.hosts."guest.{domain}"]
+# authenticators = []
+# anonymous = true
+
+# [auth.ldap]                       # see docs/configuration.md for a worked example
+# urls = ["ldaps://ldap.example.org"]
+# starttls = true                   # for ldap:// URLs
+# ca_file = ""                      # PEM CA bundle; empty: the system's CAs
+# tls_verify = true
+# bind_mode = "direct"              # or "search"
+# dn_template = "uid={{user}},ou=people,dc=example,dc=org"
+# search_base = ""                  # search mode: e.g. "ou=people,dc=example,dc=org"
+# search_filter = "(&(objectClass=inetOrgPerson)(uid={{user}}))"
+# bind_dn = ""                      # search mode: the service account, e.g. "cn=xmpp,ou=services,dc=example,dc=org"
+# bind_password_file = ""           # its password: the file's first line
+# group_dn = ""                     # only members of this group may log in
+# group_member_attribute = "member" # or "uniqueMember"; "memberUid" holds the user name
+# require_filter = ""               # the user's entry must match this filter too
+# connect_timeout_s = 5.0
+# timeout_s = 10.0                  # a login the directory has not answered by then fails (temporary-auth-failure)
+# pool_size = 4                     # connections (and threads) used at most
 
 # Extensions: each [extensions.NAME] table takes `enabled` plus the extension's options.
 [extensions.register]

@@ -13,10 +13,7 @@ from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
-from tigasepy.auth.internal import InternalAuthenticator
-from tigasepy.auth.plain import in_thread_pool
-from tigasepy.auth.server_secret import load_or_create_secret
-from tigasepy.auth.service import AuthenticationService
+from tigasepy.auth.factory import build_authentication
 from tigasepy.c2s.factory import ClientStreamFactory
 from tigasepy.c2s.stream_management import ResumptionRegistry
 from tigasepy.components import configured_components
@@ -25,7 +22,6 @@ from tigasepy.extensions import enabled_extensions
 from tigasepy.router.router import LocalDelivery, Router
 from tigasepy.sm.manager import SessionManager
 from tigasepy.storage.factory import open_stores
-from tigasepy.storage.interfaces import IAccountStore
 from tigasepy import tls
 from tigasepy.storage.outage import log_failure
 
@@ -100,13 +96,10 @@ class TigaseService(service.MultiService):
         self.extension_classes = enabled_extensions(config.extensions)
         self.components = [cls(domain, comp_config)
                            for cls, domain, comp_config in configured_components(config.components)]
-        accounts = self.stores.get(IAccountStore)
-        authenticator = InternalAuthenticator(
-            accounts, hashes=config.auth.scram_hashes, fake_iterations=config.auth.scram_iterations,
-            run_blocking=in_thread_pool(reactor),
-            secret=load_or_create_secret(config.data_path / "server-secret"))
-        self.auth = AuthenticationService({d: authenticator for d in config.server.domains},
-                                          allow_plain_without_tls=config.c2s.allow_plain_without_tls)
+        # Per virtual host, an ordered chain of authenticators ([auth], auth/factory.py).
+        self.authentication = build_authentication(config, self.stores, reactor)
+        self.authentication.attach(self.sm)
+        self.auth = self.authentication.service
         cert, key = tls.ensure_certificate(config)
         self.tls_context = tls.server_context_factory(cert, key)
         self.c2s_connections: set[Any] = set()
@@ -142,6 +135,8 @@ class TigaseService(service.MultiService):
             self._log.warn("SECURITY: PLAIN is offered on unencrypted streams (c2s.allow_plain_without_tls)")
         if not c2s.tls_required:
             self._log.warn("SECURITY: clients may authenticate without TLS (c2s.tls_required = false)")
+        for line in self.authentication.warnings:
+            self._log.warn("{line}", line=line)
         super().startService()
         self.started = defer.Deferred()
         d = defer.maybeDeferred(self.stores.start)
@@ -172,6 +167,7 @@ class TigaseService(service.MultiService):
         for component in self.components:
             component.detach()
         d = defer.DeferredList(stops)
+        d.addCallback(lambda _: self.authentication.close())
         d.addCallback(lambda _: self.stores.close())
         d.addCallback(lambda _: service.MultiService.stopService(self))
         return d
