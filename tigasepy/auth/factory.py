@@ -8,6 +8,7 @@ shared between hosts (one LDAP connection pool, one internal authenticator).
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,8 +62,8 @@ def ldap_settings(config: Config) -> Any:
     ldap = config.auth.ldap
     where = ("auth", "ldap")
     try:
-        import ldap3  # noqa: F401
-    except ImportError:
+        importlib.util.find_spec("ldap3").loader  # type: ignore[union-attr]
+    except (AttributeError, ValueError):
         raise ConfigError("the ldap authenticator needs ldap3: pip install ldap3", where) from None
     password = ""
     if ldap.bind_password_file:

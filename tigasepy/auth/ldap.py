@@ -31,6 +31,7 @@ import math
 import re
 import ssl
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,10 +179,14 @@ class LdapDirectory:
     """The blocking directory client: ``check`` runs on a worker thread."""
 
     def __init__(self, settings: LdapSettings) -> None:
-        import ldap3  # imported here: only deployments using LDAP need the package
+        # Imported here: only deployments using LDAP need the package. ldap3 2.9 imports
+        # names pyasn1 deprecated; that is not ours to report on every start.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import ldap3
+            from ldap3.core import exceptions as ldap_errors
 
         self._ldap3 = ldap3
-        from ldap3.core import exceptions as ldap_errors
 
         self._errors = ldap_errors
         self.settings = settings
