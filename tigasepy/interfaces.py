@@ -146,12 +146,12 @@ class ISessionManager(Interface):
         """
 
     def route(stanza: Any) -> None:
-        """Send a stanza the connection manager produced on a session's behalf towards its ``to``.
+        """Send a stanza the connection manager produced on a session's behalf towards its ``to``
+        (an IQ error for a request the session never acknowledged before it ended)."""
 
-        Used for what a session could not take before it ended: unacknowledged messages
-        go through delivery again (another resource or offline storage), IQ errors go
-        back to the sender.
-        """
+    def redeliver(stanza: Any) -> None:
+        """Deliver again a message a session never acknowledged before it ended (XEP-0198):
+        another resource or offline storage, by the RFC 6121 rules, marked as a re-delivery."""
 
 
 # --- routing and components -----------------------------------------------------------

@@ -586,3 +586,14 @@ def test_a_token_cannot_be_taken_to_another_hosted_domain(stores):
     attacker.output()
     assert attacker.stream_error() == "not-authorized"
     assert isinstance(world.sm.session("alice@example.org/home").handle, DetachedSession)
+
+
+def test_a_redelivered_message_is_marked_for_observers(sm, alice, stores):
+    from tigasepy.sm.events import PASS, REDELIVERED, MessageToLocal
+    seen = []
+    sm.hooks.add(MessageToLocal, lambda event: seen.append(event.extra.get(REDELIVERED, False)) or PASS, 1000)
+    enable(alice)
+    deliver(sm, chat("once"))
+    alice.receive("</stream:stream>")
+    assert seen == [False, True]
+    assert bodies(offline_bodies(stores)) == ["once"]

@@ -19,7 +19,7 @@ The pieces:
 
 The session manager sees only ``IClientSession`` handles and is told of a resumption by
 ``ISessionManager.replace_handle``; unacknowledged stanzas return to it through
-``ISessionManager.route``.
+``ISessionManager.redeliver`` (messages) and ``ISessionManager.route`` (IQ errors).
 """
 
 from __future__ import annotations
@@ -319,7 +319,7 @@ def bounce_unacked(sm: ISessionManager, jid: JID, queue: Iterable[tuple[str, flo
                 if not stanza.getAttribute("to"):
                     stanza["to"] = full
                 add_delay(stanza, jid.host, first_sent)
-                sm.route(stanza)
+                sm.redeliver(stanza)
             elif stanza.name == "iq" and kind in ("get", "set"):
                 sender = stanza.getAttribute("from")
                 if not sender or sender == bare or sender == jid.host:

@@ -76,6 +76,12 @@ InitialPresence = HookPoint("session/initial-presence", "a session sent its firs
 AccountRemoved = HookPoint("account/removed", "an account was deleted; drop its data")
 
 
+#: ``StanzaEvent.extra`` key: True on a message delivered a second time because the session it
+#: was first written to ended without acknowledging it (XEP-0198); it was archived and
+#: copied (carbons) the first time.
+REDELIVERED = "redelivered"
+
+
 @dataclass
 class StanzaEvent:
     """One stanza on its way through the session manager.

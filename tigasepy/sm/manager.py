@@ -276,6 +276,18 @@ class SessionManager(service.Service):
 
     def deliver(self, stanza: domish.Element) -> None:
         """A stanza for a local address, from the router, another local user or an extension."""
+        self._deliver(stanza, False)
+
+    def redeliver(self, stanza: domish.Element) -> None:
+        """A message a session was given but never acknowledged before it ended (XEP-0198).
+
+        Delivered again by the usual rules (another resource, offline storage); the event
+        carries ``extra[events.REDELIVERED] = True`` so that observers that saw the message
+        the first time (archiving, carbons) can leave it alone.
+        """
+        self._deliver(stanza, True)
+
+    def _deliver(self, stanza: domish.Element, redelivered: bool) -> None:
         try:
             to = self._address(stanza)
             sender = self.parse_jid(stanza["from"]) if stanza.getAttribute("from") else None
@@ -294,6 +306,8 @@ class SessionManager(service.Service):
         else:
             target = Target.FULL
         event = StanzaEvent(stanza, sender, to, target)
+        if redelivered:
+            event.extra[events.REDELIVERED] = True
         self._deliver_event(event)
 
     def _deliver_event(self, event: StanzaEvent) -> None:
