@@ -151,6 +151,8 @@ def test_bare_chat_states_are_not_stored_offline(world, stores):
     ("<message><active xmlns='http://jabber.org/protocol/chatstates'/></message>", False),
     ("<message><body>x</body><no-store xmlns='urn:xmpp:hints'/></message>", False),
     ("<message><store xmlns='urn:xmpp:hints'/></message>", True),
+    ("<message><active xmlns='http://jabber.org/protocol/chatstates'/>"
+     "<delay xmlns='urn:xmpp:delay' stamp='2026-01-01T00:00:00Z'/></message>", False),
 ])
 def test_worth_storing_follows_xep_0160_and_0334(xml, expected):
     assert worth_storing(parse_stanza(xml)) is expected

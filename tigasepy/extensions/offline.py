@@ -29,6 +29,9 @@ from tigasepy.xmpp import namespaces as ns
 from tigasepy.xmpp.errors import StanzaError
 
 _CHATSTATES = "http://jabber.org/protocol/chatstates"
+# Children that alone do not make a message worth keeping: chat states, and the delay
+# stamp a re-delivered message may already carry.
+_NOT_CONTENT = frozenset({_CHATSTATES, ns.DELAY})
 _HINTS = "urn:xmpp:hints"
 
 
@@ -58,7 +61,7 @@ def worth_storing(stanza: domish.Element) -> bool:
             return False
         if child.uri == _HINTS and child.name == "store":
             return True
-        if child.uri != _CHATSTATES:
+        if child.uri not in _NOT_CONTENT:
             has_content = True
     return has_content
 
