@@ -241,3 +241,23 @@ def test_report_files_and_summary_from_a_result(tmp_path: Path) -> None:
     except ImportError:
         return
     assert "report.png" in written
+
+
+@pytest_twisted.inlineCallbacks
+def test_connections_come_from_the_given_source_addresses(server: Server) -> Any:
+    """``source_addresses`` are bound round-robin (what lets a run pass 64k connections)."""
+    seen: list[str] = []
+    connections = server.service.c2s_connections
+
+    def peers() -> None:
+        seen.extend(stream.transport.getPeer().host for stream in connections)
+
+    spec = _spec(server, "idle", 4, duration_s=0.3, settle_s=0.1,
+                 source_addresses=("127.0.0.2", "127.0.0.3"))
+    d = run_in_reactor(server.service.reactor, spec)
+    from twisted.internet import reactor, task
+
+    yield task.deferLater(reactor, 0.25, peers)
+    report = yield d
+    assert report["figures"]["connected"] == 4
+    assert sorted(set(seen)) == ["127.0.0.2", "127.0.0.3"]

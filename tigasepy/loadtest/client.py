@@ -123,6 +123,7 @@ class LoadClient(protocol.Protocol):
         self.handler: Callable[[Node], None] = _ignore
         self.timings: dict[str, float] = {"start": time.monotonic()}
         self.error: str | None = None
+        self._error_stage: str | None = None
         self.is_ready = False
         self._stage = "connect"
         self._secure = False
@@ -158,7 +159,7 @@ class LoadClient(protocol.Protocol):
         self._cancel_login_timer()
         why = self.error or reason.getErrorMessage()
         if not self.ready.called:
-            self.ready.errback(LoginFailed(self._stage, why))
+            self.ready.errback(LoginFailed(self._error_stage or self._stage, why))
         pending, self._pending = self._pending, {}
         for d, timer in pending.values():
             if timer.active():
@@ -194,7 +195,8 @@ class LoadClient(protocol.Protocol):
 
     def _fail(self, stage: str, reason: str) -> None:
         if self.error is None:
-            self.error = f"{stage}: {reason}"
+            self.error = reason
+            self._error_stage = stage if stage != "timeout" else f"timeout.{self._stage}"
         if self.transport is not None:
             self.transport.abortConnection()
 

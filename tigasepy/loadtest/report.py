@@ -51,6 +51,8 @@ def summary_line(report: dict[str, Any]) -> str:
     if f.get("server_rss_max_kib"):
         tail += f", server rss max {_kib(f['server_rss_max_kib'])}"
     tail += f", client cpu {f['client_cpu_pct']}% x {p['workers']} worker(s)"
+    if f.get("machine_busy"):
+        tail += f" (MACHINE BUSY: load {f['loadavg']})"
     if f.get("client_bound"):
         tail += " (CLIENT-BOUND: add --workers)"
     return head + tail

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
 import time
 import traceback
 from multiprocessing.connection import Connection, wait
@@ -235,6 +236,11 @@ def _figures(report: dict[str, Any], spec: RunSpec, latency: Histogram, login_la
     client_cpu = [s["client_cpu_pct"] for s in measured if s.get("client_cpu_pct") is not None]
     f["client_cpu_pct"] = _pct(client_cpu) if client_cpu else report["client"]["cpu_pct_per_worker"]
     f["client_bound"] = bool((f["client_cpu_pct"] or 0) >= 85.0)
+    load = [s["loadavg"] for s in measured if s.get("loadavg") is not None]
+    if load:
+        f["loadavg"] = max(load)
+        # More runnable processes than CPUs: the server was not getting a whole core.
+        f["machine_busy"] = max(load) > (os.cpu_count() or 1)
     rss = [s["rss_kib"] for s in samples if s.get("rss_kib")]
     if rss:
         f["server_rss_max_kib"] = max(rss)

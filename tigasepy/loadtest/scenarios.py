@@ -165,6 +165,7 @@ class Worker:
                 entry["rss_kib"] = server["rss_kib"]
                 entry["cpu_pct"] = server["cpu_pct"]
             entry["connected"] = sum(1 for c in self.clients if c.is_ready)
+            entry["loadavg"] = _loadavg()
             self.out.samples.append(entry)
 
         self._sampling = task.LoopingCall(sample)
@@ -576,9 +577,18 @@ class Worker:
                     requests += 1
         out.extra["subscription_requests"] = requests
         if requests:
-            await self.sleep(min(30.0, 1.0 + requests / 2000.0))
-            for c in clients:
-                roster = await self._roster(c)
+            # Wait (bounded) until every roster holds every other user both ways.
+            deadline = time.monotonic() + max(10.0, requests / 200.0)
+            while True:
+                await self.sleep(0.5)
+                rosters = await defer.gatherResults([defer.Deferred.fromCoroutine(self._roster(c))
+                                                     for c in clients])
+                for c, roster in zip(clients, rosters):
+                    contacts_of[c.bare] = sum(1 for j, s in roster.items() if s == "both" and j in by_jid)
+                if all(n == len(by_jid) - 1 for n in contacts_of.values()) or time.monotonic() > deadline:
+                    break
+            # From here on count "from" too: that is who receives our broadcasts.
+            for c, roster in zip(clients, rosters):
                 contacts_of[c.bare] = sum(1 for j, s in roster.items() if s in ("both", "from") and j in by_jid)
         out.extra["contacts_per_user"] = round(sum(contacts_of.values()) / max(len(contacts_of), 1), 1)
         out.extra["roster_complete"] = all(n == len(by_jid) - 1 for n in contacts_of.values())
@@ -624,6 +634,15 @@ class Worker:
         if query is None:
             return {}
         return {item.get("jid", ""): item.get("subscription", "none") for item in query.children}
+
+
+def _loadavg() -> float | None:
+    """The machine's 1-minute load average (other processes compete for the CPU too)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def run_worker(reactor: Any, spec: RunSpec, gate: Gate | None = None) -> defer.Deferred:
