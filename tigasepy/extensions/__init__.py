@@ -20,6 +20,8 @@ BUILTIN: dict[str, tuple[str, bool]] = {
     "presence": ("tigasepy.extensions.presence:Presence", True),
     "message": ("tigasepy.extensions.message:MessageDelivery", True),
     "offline": ("tigasepy.extensions.offline:OfflineMessages", True),
+    "mam": ("tigasepy.extensions.mam:MessageArchive", True),
+    "carbons": ("tigasepy.extensions.carbons:MessageCarbons", True),
     "ping": ("tigasepy.extensions.ping:Ping", True),
     "version": ("tigasepy.extensions.version:SoftwareVersion", True),
     "register": ("tigasepy.extensions.register:InBandRegistration", False),
