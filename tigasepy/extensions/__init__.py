@@ -24,6 +24,12 @@ BUILTIN: dict[str, tuple[str, bool]] = {
     "carbons": ("tigasepy.extensions.carbons:MessageCarbons", True),
     "ping": ("tigasepy.extensions.ping:Ping", True),
     "version": ("tigasepy.extensions.version:SoftwareVersion", True),
+    "vcard": ("tigasepy.extensions.vcard:VCardTemp", True),
+    "private": ("tigasepy.extensions.private:PrivateStorage", True),
+    "last": ("tigasepy.extensions.last:LastActivityExtension", True),
+    "time": ("tigasepy.extensions.entity_time:EntityTime", True),
+    "contact_addresses": ("tigasepy.extensions.contact_addresses:ContactAddresses", True),
+    "adhoc": ("tigasepy.extensions.adhoc:AdhocCommands", True),
     "register": ("tigasepy.extensions.register:InBandRegistration", False),
 }
 
