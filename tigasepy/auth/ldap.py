@@ -31,6 +31,7 @@ import math
 import re
 import ssl
 import threading
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -162,6 +163,17 @@ class _Slot:
         self.connection = connection
 
 
+def _plausible_name(username: str) -> bool:
+    """False for names with spaces or control characters (NUL included).
+
+    Nodeprep lets none through from XMPP; refusing them here as well keeps the
+    directory's matching rules (RFC 4518 drops leading, trailing and repeated spaces:
+    ``" alice"`` matches ``alice``) from giving one entry several XMPP names.
+    """
+    return not any(char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp")
+                   for char in username)
+
+
 def _describe(error: BaseException) -> str:
     """One short line for ``error`` (ldap3 wraps messages in tuple reprs: unwrap them)."""
     text = " ".join(str(error).split()) or type(error).__name__
@@ -190,12 +202,7 @@ class LdapDirectory:
 
         self._errors = ldap_errors
         self.settings = settings
-        self._servers = [self._server(url) for url in settings.urls]
-        if len(self._servers) == 1:
-            self._target: Any = self._servers[0]
-        else:
-            # FIRST: the first that answers; one pass over the list, never loop forever.
-            self._target = ldap3.ServerPool(self._servers, ldap3.FIRST, active=1, exhaust=False)
+        self._target()  # settings errors (an unreadable CA file) show at start, not at a login
         self._credential_rejections = (
             ldap_errors.LDAPPasswordIsMandatoryError, ldap_errors.LDAPSASLPrepError,
             ldap_errors.LDAPUserNameIsMandatoryError, ldap_errors.LDAPUserNameNotAllowedError,
@@ -205,6 +212,16 @@ class LdapDirectory:
     def where(self) -> str:
         """The directory's URL(s), for log lines."""
         return ", ".join(self.settings.urls)
+
+    def _target(self) -> Any:
+        """Fresh ldap3 server objects for one connection: ldap3 remembers an address that
+        failed and refuses it for a while ("invalid server address"); a directory that
+        is back must be usable at the next login."""
+        servers = [self._server(url) for url in self.settings.urls]
+        if len(servers) == 1:
+            return servers[0]
+        # FIRST: the first that answers; one pass over the list, never loop forever.
+        return self._ldap3.ServerPool(servers, self._ldap3.FIRST, active=1, exhaust=False)
 
     def _server(self, url: str) -> Any:
         ldap3 = self._ldap3
@@ -222,7 +239,7 @@ class LdapDirectory:
     def _open(self) -> _Connection:
         ldap3 = self._ldap3
         connection = ldap3.Connection(
-            self._target, auto_bind=ldap3.AUTO_BIND_NONE, client_strategy=ldap3.SYNC,
+            self._target(), auto_bind=ldap3.AUTO_BIND_NONE, client_strategy=ldap3.SYNC,
             # ldap3 packs it into SO_RCVTIMEO as whole seconds; the overall deadline is timeout_s.
             receive_timeout=max(1, math.ceil(self.settings.timeout_s)), raise_exceptions=False, read_only=True,
             auto_referrals=False, check_names=True)
@@ -260,6 +277,8 @@ class LdapDirectory:
         """
         if not password or not username:
             return INVALID, ""  # an empty password would be an "unauthenticated bind" (RFC 4513 5.1.2)
+        if not _plausible_name(username):
+            return INVALID, ""
         for attempt in (1, 2):
             reused = slot.connection is not None
             try:
