@@ -214,3 +214,16 @@ def test_unloading_carbons_stops_copies(world):
     world.sm.unload_extension("carbons")
     world.send(bob, f"<message to='{ALICE}/1' type='chat'><body>hi</body></message>")
     assert a2.take() == []
+
+
+def test_a_redelivered_message_gets_no_second_copies(world):
+    bob = online(world, f"{BOB}/b", carbons=False)
+    a1, a2 = online(world, f"{ALICE}/1"), online(world, f"{ALICE}/2")
+    world.send(bob, f"<message to='{ALICE}/1' type='chat'><body>hi</body></message>")
+    [original] = a1.take()
+    assert len(a2.take()) == 1
+    world.disconnect(a1)
+    a3 = online(world, f"{ALICE}/3", priority=5)
+    world.sm.redeliver(original)                 # unacknowledged when alice/1's session ended (XEP-0198)
+    assert [carbon(m) for m in a3.take()] == [None], "delivered again by the bare-JID rules"
+    assert a2.take() == [], "a2 had its copy already"

@@ -779,3 +779,16 @@ def test_config_limits_are_accepted_at_the_edge():
     config = section_from_dict(MamConfig, {"default_page_size": 250, "max_page_size": 250, "max_age_days": 0,
                                            "purge_interval_s": 1}, ("extensions", "mam"))
     assert config.default_page_size == 250
+
+
+def test_a_redelivered_message_keeps_its_stanza_id_and_is_archived_once(world, stores):
+    alice, bob = online(world, f"{ALICE}/a"), online(world, f"{BOB}/b")
+    chat(world, alice, BOB)
+    [first] = bob.take()
+    uid = next(first.elements(NS_SID, "stanza-id"))["id"]
+    world.disconnect(bob)
+    bob2 = online(world, f"{BOB}/b2")
+    world.sm.redeliver(first)                    # unacknowledged when bob/b's session ended (XEP-0198)
+    [again] = bob2.take()
+    assert [(s["by"], s["id"]) for s in again.elements(NS_SID, "stanza-id")] == [(BOB, uid)]
+    assert len(archive(stores, BOB)) == 1

@@ -9,7 +9,8 @@ sender, whether or not the sending resource enabled carbons; the copy carries th
 sender's archive ``<stanza-id/>`` when MAM archived it (XEP-0313 section 3.5).
 Received: an eligible message delivered to a local account is copied, wrapped in
 ``<received><forwarded/></received>``, to every carbons-enabled resource of the
-account that did not get the original. Messages kept offline get no copies.
+account that did not get the original. Messages kept offline, and messages
+delivered again after a resumable session ended (XEP-0198), get no copies.
 
 Eligible (section 6.1, except the rule on errors, which would need the original
 messages remembered; so ``urn:xmpp:carbons:rules:0`` is not advertised): not
@@ -30,7 +31,9 @@ from zope.interface import implementer
 
 from tigasepy.extensions.mam import ARCHIVE_IDS, NS_FORWARD, stanza_id
 from tigasepy.interfaces import IExtension, Protocol
-from tigasepy.sm.events import PASS, DeliveryEvent, MessageDelivered, MessageFromClient, StanzaEvent, Target
+from tigasepy.sm.events import (
+    PASS, REDELIVERED, DeliveryEvent, MessageDelivered, MessageFromClient, StanzaEvent, Target,
+)
 from tigasepy.sm.host import ExtensionHost
 from tigasepy.sm.session import BoundSession
 from tigasepy.xmpp import namespaces as ns
@@ -148,6 +151,8 @@ class MessageCarbons:
         if delivery.offline or not delivery.sessions:
             return
         event = delivery.event
+        if event.extra.get(REDELIVERED):
+            return                      # the copies went out when it first arrived
         stanza = event.stanza
         kind = event.type
         if event.to is None or not eligible(stanza, kind, inbound=True):

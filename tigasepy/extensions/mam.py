@@ -33,6 +33,9 @@ Retention: ``max_age_days`` (expired messages are purged every
 ``purge_interval_s`` and never returned meanwhile) and ``max_messages_per_user``
 (the oldest go first; an archive may briefly exceed the limit by 1%).
 
+A message delivered again after a resumable session ended unacknowledged
+(XEP-0198) keeps the stanza-id it got and is not archived twice.
+
 Writes are asynchronous and ordered per account; a query waits for its
 account's pending writes, so a delivered message is found by the next query.
 """
@@ -58,7 +61,7 @@ from tigasepy.interfaces import IExtension, Protocol
 from tigasepy.sm.dispatch import as_deferred
 from tigasepy.sm.events import (
     HANDLED, PASS, AccountEvent, AccountRemoved, DeliveryEvent, MessageDelivered, MessageFromClient,
-    MessageToLocal, StanzaEvent, Target,
+    MessageToLocal, REDELIVERED, StanzaEvent, Target,
 )
 from tigasepy.sm.host import ExtensionHost
 from tigasepy.storage.interfaces import ArchivedMessage, ArchivePrefs, ArchiveQuery, IArchiveStore, IRosterStore
@@ -326,6 +329,8 @@ class MessageArchive:
         to = event.to
         if to is None or to.user is None or event.target is Target.HOST:
             return PASS
+        if event.extra.get(REDELIVERED):
+            return PASS                 # archived and stamped when it first arrived (XEP-0198)
         owner = to.userhost()
         stanza = event.stanza
         strip_stanza_ids(stanza, owner)
