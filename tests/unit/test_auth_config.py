@@ -174,3 +174,17 @@ def test_relaxed_tls_is_warned_about(tmp_path: Path):
                  source=str(tmp_path / "tigasepy.toml"))
     built = build_authentication(cfg, Stores(), FakeReactor())
     assert len(built.warnings) == 2 and all(w.startswith("SECURITY:") for w in built.warnings)
+
+
+def test_the_ldap_examples_in_the_docs_are_valid():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    section = docs[docs.index("### `[auth.ldap]`"):docs.index("## `[extensions.NAME]`")]
+    blocks = [block.split("```", 1)[0] for block in section.split("```toml\n")[1:]]
+    assert len(blocks) == 2
+    full = tomllib.loads(blocks[0])
+    cfg = config_from_dict(full)
+    assert cfg.auth.chain_of("example.org") == ("ldap", "internal")
+    assert cfg.auth.chain_of("guest.example.org") == () and cfg.auth.anonymous_on("guest.example.org")
+    direct = tomllib.loads(blocks[1])
+    cfg = config({"authenticators": ["ldap"], **direct["auth"]})
+    assert cfg.auth.ldap.bind_mode == "direct" and cfg.auth.ldap.starttls
