@@ -4,6 +4,16 @@ A chat or normal message for an account with no available resource is stored
 with a ``<delay/>`` stamp, and delivered to the first resource that sends
 initial presence with a non-negative priority; it is deleted only after it was
 written to that session.
+
+Flexible offline message retrieval (XEP-0013 1.3): the disco node
+``http://jabber.org/protocol/offline`` of the account gives the number of
+messages (disco#info) and their headers (disco#items: node and sender); the
+``<offline/>`` IQ views (``<item action='view'/>``, ``<fetch/>``) and removes
+(``<item action='remove'/>``, ``<purge/>``) messages by node. A session that used
+any of this gets no automatic flush at initial presence, and neither does any
+other resource of the account while it is bound. Viewing never removes. Only the
+account itself may do this (``forbidden`` otherwise); an unknown node is
+``item-not-found``.
 """
 
 from __future__ import annotations
@@ -20,10 +30,11 @@ from tigasepy.config import ConfigError
 from tigasepy.interfaces import IExtension, Protocol
 from tigasepy.sm.events import (
     HANDLED, PASS, AccountEvent, AccountRemoved, DeliveryEvent, InitialPresence, MessageDelivered,
-    SessionEvent, StanzaEvent, Undeliverable,
+    SessionEvent, StanzaEvent, Target, Undeliverable,
 )
 from tigasepy.sm.host import ExtensionHost
-from tigasepy.storage.interfaces import IOfflineStore
+from tigasepy.sm.session import BoundSession
+from tigasepy.storage.interfaces import IOfflineStore, OfflineMessage
 from tigasepy.stream.parser import parse_stanza
 from tigasepy.xmpp import namespaces as ns
 from tigasepy.xmpp.errors import StanzaError
@@ -33,6 +44,9 @@ _CHATSTATES = "http://jabber.org/protocol/chatstates"
 # stamp a re-delivered message may already carry.
 _NOT_CONTENT = frozenset({_CHATSTATES, ns.DELAY})
 _HINTS = "urn:xmpp:hints"
+NS_OFFLINE = "http://jabber.org/protocol/offline"
+#: ``BoundSession.data`` flag of a session that retrieves offline messages itself (XEP-0013).
+FLEXIBLE = "offline:flexible"
 
 
 @dataclass(frozen=True)
@@ -71,7 +85,8 @@ class OfflineMessages:
     """Keeps messages for accounts with no available resource and flushes them at login."""
 
     name = "offline"
-    protocols = (Protocol("XEP-0160", "1.0.1", "complete"), Protocol("XEP-0203", "2.0", "complete"))
+    protocols = (Protocol("XEP-0160", "1.0.1", "complete"), Protocol("XEP-0203", "2.0", "complete"),
+                 Protocol("XEP-0013", "1.3", "complete"))
     config_type = OfflineConfig
     _log = Logger()
 
@@ -80,6 +95,10 @@ class OfflineMessages:
         self._host = host
         self._store = host.store(IOfflineStore)
         host.add_feature("msgoffline")
+        host.add_feature(NS_OFFLINE)
+        host.add_disco_node(NS_OFFLINE, info=self._node_info, items=self._node_items, target=Target.BARE)
+        host.on_iq(NS_OFFLINE, "offline", self._flexible, types=("get", "set"),
+                   targets=(Target.SELF, Target.BARE))
         host.hook(Undeliverable, self._keep, priority=-10)
         host.hook(InitialPresence, self._flush)
         host.hook(AccountRemoved, self._forget)
@@ -105,6 +124,8 @@ class OfflineMessages:
         session = event.session
         if session.priority < 0:
             return
+        if any(s.data.get(FLEXIBLE) for s in self._host.sessions(session.bare)):
+            return  # XEP-0013: this account retrieves its offline messages itself
         messages = await self._store.fetch(session.bare)
         if not messages:
             return
@@ -126,3 +147,90 @@ class OfflineMessages:
 
     async def _forget(self, event: AccountEvent) -> None:
         await self._store.remove_owner(event.jid)
+
+    # -- XEP-0013 flexible offline message retrieval -------------------------------------
+    def _flexible_session(self, event: StanzaEvent) -> BoundSession:
+        """The requesting session of the account itself, now marked flexible; else ``forbidden``."""
+        if event.target is not Target.SELF or event.session is None:
+            raise StanzaError("forbidden", "only the account itself may retrieve its offline messages")
+        event.session.data[FLEXIBLE] = True
+        return event.session
+
+    async def _node_info(self, event: StanzaEvent) -> domish.Element:
+        session = self._flexible_session(event)
+        count = await self._store.count(session.bare)
+        query = domish.Element((ns.DISCO_INFO, "query"))
+        identity = query.addElement("identity")
+        identity["category"], identity["type"] = "automation", "message-list"
+        query.addElement("feature")["var"] = NS_OFFLINE
+        form = query.addElement((ns.DATA_FORMS, "x"))
+        form["type"] = "result"
+        for var, value, type_ in (("FORM_TYPE", NS_OFFLINE, "hidden"), ("number_of_messages", str(count), None)):
+            field = form.addElement("field")
+            field["var"] = var
+            if type_:
+                field["type"] = type_
+            field.addElement("value", content=value)
+        return query
+
+    async def _node_items(self, event: StanzaEvent) -> domish.Element:
+        session = self._flexible_session(event)
+        query = domish.Element((ns.DISCO_ITEMS, "query"))
+        for message in await self._store.fetch(session.bare):
+            item = query.addElement("item")
+            item["jid"] = session.bare
+            item["node"] = offline_node(message)
+            sender = _sender(message)
+            if sender:
+                item["name"] = sender
+        return query
+
+    async def _flexible(self, event: StanzaEvent) -> None:
+        session = self._flexible_session(event)
+        request = event.stanza.firstChildElement()
+        kind = event.stanza["type"]
+        commands = [c.name for c in request.elements(NS_OFFLINE) if c.name in ("fetch", "purge")]
+        items = list(request.elements(NS_OFFLINE, "item"))
+        actions = {item.getAttribute("action") for item in items}
+        nodes = [item.getAttribute("node") or "" for item in items]
+        if kind == "get" and commands == ["fetch"] and not items:
+            for message in await self._store.fetch(session.bare):
+                self._send_flexible(session, message)
+            return None
+        if kind == "set" and commands == ["purge"] and not items:
+            await self._store.remove_owner(session.bare)
+            return None
+        wanted = "view" if kind == "get" else "remove"
+        if commands or not items or actions != {wanted}:
+            raise StanzaError("bad-request", "use <fetch/>, <purge/>, or items to view (get) or remove (set)")
+        by_node = {offline_node(m): m for m in await self._store.fetch(session.bare)}
+        if any(node not in by_node for node in nodes):
+            raise StanzaError("item-not-found", "no such offline message")
+        if kind == "get":
+            for node in dict.fromkeys(nodes):
+                self._send_flexible(session, by_node[node])
+        else:
+            await self._store.delete(session.bare, [by_node[node].id for node in dict.fromkeys(nodes)])
+        return None
+
+    def _send_flexible(self, session: BoundSession, message: OfflineMessage) -> None:
+        try:
+            stanza = parse_stanza(message.xml)
+        except Exception:
+            self._log.warn("skipping an unreadable offline message {id} of {owner}", id=message.id,
+                           owner=session.bare)
+            return
+        stanza.addElement((NS_OFFLINE, "offline")).addElement("item")["node"] = offline_node(message)
+        session.send(stanza)
+
+
+def offline_node(message: OfflineMessage) -> str:
+    """The XEP-0013 node of an offline message: its UTC arrival time and its id (sorts by time)."""
+    return f"{delay_stamp(message.stamp)}#{message.id:010d}"
+
+
+def _sender(message: OfflineMessage) -> str | None:
+    try:
+        return parse_stanza(message.xml).getAttribute("from")
+    except Exception:
+        return None
