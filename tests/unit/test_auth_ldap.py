@@ -299,3 +299,20 @@ def test_security_warnings():
     assert security_warnings(SETTINGS) == []
     relaxed = LdapSettings(urls=("ldap://127.0.0.1",), starttls=False, tls_verify=False)
     assert len(security_warnings(relaxed)) == 2
+
+
+def test_a_runner_that_raises_gives_the_slot_back(world):
+    clock, _runner, directory, store, _authenticator = world
+    directory.verdicts["alice"] = OK
+    calls = []
+
+    def broken(fn, *args):
+        calls.append(fn)
+        if len(calls) <= SETTINGS.pool_size:
+            raise RuntimeError("thread pool stopped")
+        return defer.maybeDeferred(fn, *args)
+
+    authenticator = LdapAuthenticator(SETTINGS, clock, broken, accounts=store, directory=directory)
+    for _ in range(SETTINGS.pool_size):
+        assert condition(login(authenticator)) == "temporary-auth-failure"
+    assert result(login(authenticator)).username == "alice"

@@ -513,7 +513,7 @@ class LdapAuthenticator:
         timer = self._clock.callLater(timeout, expired)
 
         def got_slot(slot: _Slot) -> None:
-            work = self._run_blocking(self._directory.check, slot, username, password)
+            work = defer.maybeDeferred(self._run_blocking, self._directory.check, slot, username, password)
             state["work"] = work
 
             def finished(result: Any) -> Any:
