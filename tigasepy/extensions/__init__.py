@@ -18,6 +18,7 @@ BUILTIN: dict[str, tuple[str, bool]] = {
     "session": ("tigasepy.extensions.session:LegacySession", True),
     "roster": ("tigasepy.extensions.roster:Roster", True),
     "presence": ("tigasepy.extensions.presence:Presence", True),
+    "privacy": ("tigasepy.extensions.privacy:Privacy", True),
     "message": ("tigasepy.extensions.message:MessageDelivery", True),
     "offline": ("tigasepy.extensions.offline:OfflineMessages", True),
     "mam": ("tigasepy.extensions.mam:MessageArchive", True),
