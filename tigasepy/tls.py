@@ -236,8 +236,10 @@ def server_context_factory(
     ``SSL4ServerEndpoint``/``listenSSL``. TLS 1.2 is the minimum; session resumption stays
     off (Twisted's default), so every TLS 1.2 handshake is a full one, which
     ``channel_binding``'s ``tls-unique`` relies on. A client offering one of ``alpn``
-    gets it selected; a client offering other protocols, or none, still connects
-    without ALPN (RFC 7301 allows a server to ignore ALPN).
+    gets it selected and a client offering no ALPN connects; a client offering only
+    other protocols gets the RFC 7301 3.2 ``no_application_protocol`` alert, so that a
+    browser or another service cannot be pointed at our port (cross-protocol attacks
+    such as ALPACA).
 
     Args:
         cert_path: PEM file with the server certificate first, then any intermediates.
@@ -263,40 +265,14 @@ def server_context_factory(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ):
         raise ConfigError(f"the private key {key_path} does not match {cert_path}", ("tls", "private_key"))
-    return _ServerTLSOptions(
+    return CertificateOptions(
         # pyOpenSSL takes cryptography objects directly (its own X509/PKey are deprecated).
         privateKey=key,
         certificate=chain[0],
         extraCertChain=chain[1:],
         raiseMinimumTo=TLSVersion.TLSv1_2,
-        alpn=tuple(alpn),
+        acceptableProtocols=list(alpn) or None,
     )
-
-
-class _ServerTLSOptions(CertificateOptions):
-    """CertificateOptions whose ALPN selection never fails the handshake.
-
-    Twisted's own ALPN callback aborts the handshake when the client offers no
-    protocol we accept; we select ours when offered and otherwise go on without ALPN.
-    """
-
-    def __init__(self, *args: Any, alpn: tuple[bytes, ...] = (), **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._alpn = alpn
-        self._alpn_installed = False
-
-    def getContext(self) -> SSL.Context:
-        context = super().getContext()
-        if self._alpn and not self._alpn_installed:
-            context.set_alpn_select_callback(self._select_alpn)
-            self._alpn_installed = True
-        return context
-
-    def _select_alpn(self, connection: SSL.Connection, offered: list[bytes]) -> Any:
-        for protocol in self._alpn:
-            if protocol in offered:
-                return protocol
-        return SSL.NO_OVERLAPPING_PROTOCOLS
 
 
 # --- channel binding ---------------------------------------------------------------------

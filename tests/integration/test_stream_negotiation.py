@@ -41,12 +41,11 @@ async def test_direct_tls_alpn_selection(xmpp_server: RunningServer, alpn: tuple
 
 @pytest.mark.parametrize("alpn", [(b"h2",), (b"xmpp-server",)], ids=["h2", "xmpp-server"])
 @asyncio_test
-async def test_direct_tls_connects_without_alpn_when_xmpp_client_is_not_offered(
+async def test_direct_tls_refuses_a_client_whose_alpn_excludes_xmpp_client(
         xmpp_server: RunningServer, alpn: tuple[bytes, ...]) -> None:
-    """A client offering ALPN without 'xmpp-client' still connects, with no protocol
-    selected (tls.server_context_factory's documented choice; note that RFC 7301 3.2 asks
-    for a no_application_protocol alert instead)."""
-    assert await asyncio.to_thread(_direct_tls_with_alpn, xmpp_server, alpn) == "no alpn"
+    """A client offering ALPN without 'xmpp-client' (a browser, an s2s peer) gets the
+    RFC 7301 3.2 no_application_protocol alert: no cross-protocol use of our port."""
+    assert await asyncio.to_thread(_direct_tls_with_alpn, xmpp_server, alpn) == "handshake refused"
 
 
 def _starttls_on_direct_tls(server: RunningServer) -> tuple[bool, str]:

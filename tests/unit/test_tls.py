@@ -404,12 +404,10 @@ async def test_no_binding_before_starttls(cert_files) -> None:
 
 
 @pytest.mark.parametrize("alpn, expected", [(None, None), (["xmpp-client"], "xmpp-client"),
-                                            (["h2", "xmpp-client"], "xmpp-client"),
-                                            (["h2", "http/1.1"], None)])
+                                            (["h2", "xmpp-client"], "xmpp-client")])
 @pytest_twisted.ensureDeferred
 async def test_direct_tls_negotiates_xmpp_client_alpn(cert_files, alpn, expected) -> None:
-    """XEP-0368: a client offering ``xmpp-client`` gets it; one offering no ALPN, or only
-    other protocols, still connects (without ALPN)."""
+    """XEP-0368: a client offering ``xmpp-client`` gets it; one offering no ALPN still connects."""
     server, client, _ = await run_exchange(cert_files, True, python_ssl_client, alpn)
     assert client["alpn"] == expected
     assert server["alpn"] == (expected.encode() if expected else None)
@@ -448,3 +446,10 @@ async def test_tls11_client_is_refused(cert_files) -> None:
         await listening.stopListening()
     assert outcome.startswith("refused")
     assert not factory.result.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_direct_tls_client_offering_only_other_protocols_is_refused(cert_files) -> None:
+    """RFC 7301 3.2: no overlap -> no_application_protocol alert (no cross-protocol use of the port)."""
+    with pytest.raises(Exception):
+        await run_exchange(cert_files, True, python_ssl_client, ["h2", "http/1.1"])
