@@ -40,8 +40,8 @@ from zope.interface import implementer
 
 from tigasepy.config import ConfigError
 from tigasepy.extensions.subscription import (
-    SUBSCRIPTION_TYPES, inbound, item_element, outbound, presence, push, subscribed_from,
-    subscribed_to,
+    SUBSCRIPTION_TYPES, inbound, item_element, outbound, presence, subscribed_from, subscribed_to,
+    versioned_push,
 )
 from tigasepy.interfaces import IExtension, Protocol
 from tigasepy.sm.events import (
@@ -147,7 +147,7 @@ class Presence:
         step = outbound(item, kind, contact, pre_approval=self._config.pre_approval)
         await self._apply(owner, step.before, step.after)
         if step.push and step.after is not None:
-            push(self._host, owner, item_element(step.after))
+            await versioned_push(self._host, self._roster, owner, item_element(step.after))
         if step.forward:
             stanza = copy_element(event.stanza)
             stanza["from"] = owner
@@ -297,7 +297,7 @@ class Presence:
                 return HANDLED
         await self._apply(owner, step.before, step.after)
         if step.push and step.after is not None:
-            push(self._host, owner, item_element(step.after))
+            await versioned_push(self._host, self._roster, owner, item_element(step.after))
         if step.forward:
             stanza = copy_element(event.stanza)
             stanza["from"] = contact

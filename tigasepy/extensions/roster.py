@@ -9,8 +9,13 @@ the server's, changed only by presence subscription stanzas), or removes it with
 directions (2.5.2) before the item is gone. Rows kept only to remember a pending
 subscription request from someone not in the roster are never shown.
 
-Roster versioning (2.6) is not offered yet. When an account is removed its
-contacts get ``unsubscribe``/``unsubscribed`` and the roster is deleted.
+Roster versioning (RFC 6121 2.6, XEP-0237): the ``urn:xmpp:features:rosterver``
+stream feature is offered after authentication; the version is the store's
+roster version (an integer bumped on every stored change). A roster get with
+``ver`` equal to the current version gets an empty result; with any other
+``ver`` (``""`` included) the full roster with the current ``ver``. Every push
+carries the version after its change. When an account is removed its contacts
+get ``unsubscribe``/``unsubscribed`` and the roster is deleted.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from zope.interface import implementer
 
 from tigasepy.config import ConfigError
 from tigasepy.extensions.subscription import (
-    item_element, presence, push, removal_notices, removed_element, subscribed_from,
+    item_element, presence, removal_notices, removed_element, subscribed_from, versioned_push,
 )
 from tigasepy.interfaces import IExtension, Protocol
 from tigasepy.sm.events import AccountEvent, AccountRemoved, StanzaEvent, Target
@@ -37,6 +42,9 @@ from tigasepy.xmpp.errors import StanzaError
 from tigasepy.xmpp.jid import parse_jid
 from tigasepy.xmpp.stanza import first_child
 
+ROSTER_VERSIONING = "urn:xmpp:features:rosterver"
+"""The stream feature namespace announcing roster versioning (RFC 6121 2.6.1, XEP-0237)."""
+
 
 @dataclass(frozen=True)
 class RosterConfig:
@@ -46,10 +54,13 @@ class RosterConfig:
     max_name_length: int = 1023
     max_groups: int = 64
     max_group_length: int = 1023
+    versioning: bool = True
 
     def validate(self, path: tuple[str, ...]) -> None:
         """Every limit must be at least 1."""
         for f in dataclasses.fields(self):
+            if f.type in (bool, "bool"):
+                continue
             if getattr(self, f.name) < 1:
                 raise ConfigError("must be >= 1", path + (f.name,))
 
@@ -115,7 +126,11 @@ class Roster:
     """Answers roster gets and sets and pushes every change to the interested resources."""
 
     name = "roster"
-    protocols = (Protocol("RFC 6121", "section 2", "partial", "roster versioning (2.6) not yet"),)
+    protocols = (
+        Protocol("RFC 6121", "section 2", "complete", "with roster versioning (2.6)"),
+        Protocol("XEP-0237", "1.3", "complete",
+                 "full roster with the new version when it changed (no interim pushes); version pushes"),
+    )
     config_type = RosterConfig
     _log = Logger()
 
@@ -128,13 +143,29 @@ class Roster:
         host.on_iq(ns.ROSTER, "query", self._forbidden, types=("get", "set"),
                    targets=(Target.BARE, Target.FULL))
         host.hook(AccountRemoved, self._account_removed)
+        if self._config.versioning:
+            host.add_stream_feature(self._stream_feature)
+
+    def _stream_feature(self, domain: str, authenticated: bool) -> domish.Element | None:
+        if not authenticated:
+            return None
+        return domish.Element((ROSTER_VERSIONING, "ver"))
 
     # -- IQ handlers --------------------------------------------------------------------
-    async def _get(self, event: StanzaEvent) -> domish.Element:
+    async def _get(self, event: StanzaEvent) -> domish.Element | None:
         owner = _owner(event)
         if event.session is not None:
             event.session.interested = True
+        request = first_child(event.stanza)
+        cached = request.getAttribute("ver") if request is not None and self._config.versioning else None
         query = domish.Element((ns.ROSTER, "query"))
+        if cached is not None:
+            # The version first: a change landing before the items are read then only
+            # makes the client's next request fetch the full roster again.
+            version = str(await self._store.get_version(owner))
+            if cached == version:
+                return None
+            query["ver"] = version
         for item in await self._store.get_items(owner):
             if item.in_roster:
                 query.addChild(item_element(item))
@@ -166,14 +197,14 @@ class Roster:
             new = dataclasses.replace(item, name=update.name, groups=update.groups, in_roster=True)
         if new != item:
             await self._store.put_item(owner, new)
-        push(self._host, owner, item_element(new))
+        await versioned_push(self._host, self._store, owner, item_element(new))
 
     async def _remove(self, owner: str, update: ItemUpdate) -> None:
         item = await self._store.get_item(owner, update.contact)
         if item is None or not item.in_roster:
             raise StanzaError("item-not-found")
         await self._store.remove_item(owner, update.contact)
-        push(self._host, owner, removed_element(update.contact))
+        await versioned_push(self._host, self._store, owner, removed_element(update.contact))
         self._cancel_subscriptions(owner, item)
 
     # -- subscriptions ------------------------------------------------------------------

@@ -246,9 +246,10 @@ def presence(kind: str | None, sender: str, to: str | None) -> domish.Element:
     return stanza
 
 
-def push(host: "ExtensionHost", owner: str, item: domish.Element) -> int:
+def push(host: "ExtensionHost", owner: str, item: domish.Element, ver: str | None = None) -> int:
     """Send a roster push of ``item`` to every interested resource of ``owner`` (RFC 6121 2.1.6).
 
+    ``ver`` is the roster version after the change (RFC 6121 2.6.3, XEP-0237).
     Returns how many resources got it.
     """
     count = 0
@@ -260,7 +261,22 @@ def push(host: "ExtensionHost", owner: str, item: domish.Element) -> int:
         iq["id"] = "push-" + secrets.token_hex(6)
         iq["to"] = session.full
         query = iq.addElement((ns.ROSTER, "query"))
+        if ver is not None:
+            query["ver"] = ver
         query.addChild(copy_element(item))
         session.send(iq)
         count += 1
     return count
+
+
+async def versioned_push(host: "ExtensionHost", store: Any, owner: str, item: domish.Element) -> int:
+    """``push`` stamped with ``owner``'s roster version from ``store`` (an ``IRosterStore``).
+
+    Call it right after the change was stored, inside the account's serialized job,
+    so that pushes carry unique versions in the order of the changes (RFC 6121
+    2.6.3). Reads the version only when some resource will get the push.
+    """
+    if not any(session.interested for session in host.sessions(owner)):
+        return 0
+    version = await store.get_version(owner)
+    return push(host, owner, item, ver=str(version))
