@@ -36,13 +36,24 @@ def _port(path: tuple[str, ...], value: int, allow_zero: bool = True) -> None:
         raise ConfigError("must be a TCP port number (0 disables)" if allow_zero else "must be 1..65535", path)
 
 
+#: The parts a process can run (``[server] roles``); all of them is the all-in-one default.
+ROLES = ("c2s", "s2s", "sm")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
-    """``[server]``: the hosted domains and where data lives."""
+    """``[server]``: the hosted domains, where data lives, and which parts this process runs.
+
+    ``roles`` splits a deployment (ARCHITECTURE.md section 5): ``["c2s"]`` is a
+    connection-manager process (DMZ: no stores, no credentials), ``["sm"]`` the session
+    manager with storage and authentication, which dials the connection managers
+    named in ``[link] connect``.
+    """
 
     domains: tuple[str, ...] = ()
     data_dir: str = "data"
     admins: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ROLES
 
     def validate(self, path: tuple[str, ...]) -> None:
         if not self.domains:
@@ -50,6 +61,75 @@ class ServerConfig:
         for domain in self.domains:
             if not domain or "@" in domain or "/" in domain:
                 raise ConfigError(f"{domain!r} is not a domain name", path + ("domains",))
+        if not self.roles:
+            raise ConfigError(f"at least one of {', '.join(ROLES)}", path + ("roles",))
+        for role in self.roles:
+            if role not in ROLES:
+                raise ConfigError(f"unknown role {role!r} (known: {', '.join(ROLES)})", path + ("roles",))
+        if len(set(self.roles)) != len(self.roles):
+            raise ConfigError("a role is named twice", path + ("roles",))
+
+
+def parse_address(value: str, path: tuple[str, ...]) -> tuple[str, int]:
+    """``"host:port"`` (``"[::1]:5347"`` for IPv6) as ``(host, port)``.
+
+    Raises:
+        ConfigError: not a host and a port 1..65535.
+    """
+    host, sep, port_text = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or any(c.isspace() for c in host) or not port_text.isdigit() \
+            or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(f"{value!r} is not host:port", path)
+    return host, int(port_text)
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """``[link]``: the TLS link between a session-manager process and connection managers.
+
+    The session manager dials *out* to every ``connect`` address; a connection-manager
+    process (``roles`` without ``sm``) listens on ``listen`` and never connects inward.
+    Both ends prove knowledge of the shared secret in ``secret_file`` (HMAC challenge
+    and response bound to the TLS channel, never the secret itself); ``peer_fingerprints``
+    optionally pins the SHA-256 of the other end's certificate too.
+    """
+
+    listen: str = ""
+    connect: tuple[str, ...] = ()
+    secret_file: str = ""
+    peer_fingerprints: tuple[str, ...] = ()
+    grace_period_s: int = 30
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    request_timeout_s: int = 30
+    handshake_timeout_s: int = 10
+    keepalive_s: int = 15
+    max_queued: int = 20000
+    max_frame_bytes: int = 1048576
+
+    def validate(self, path: tuple[str, ...]) -> None:
+        if self.listen:
+            parse_address(self.listen, path + ("listen",))
+        for address in self.connect:
+            parse_address(address, path + ("connect",))
+        if len(set(self.connect)) != len(self.connect):
+            raise ConfigError("an address is named twice", path + ("connect",))
+        for pin in self.peer_fingerprints:
+            hexdigits = pin.replace(":", "").lower()
+            if len(hexdigits) != 64 or any(c not in "0123456789abcdef" for c in hexdigits):
+                raise ConfigError(f"{pin!r} is not a SHA-256 fingerprint (64 hex digits)",
+                                  path + ("peer_fingerprints",))
+        _at_least(path + ("grace_period_s",), self.grace_period_s, 0)
+        if self.reconnect_min_s < 0.05:
+            raise ConfigError("must be >= 0.05", path + ("reconnect_min_s",))
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ConfigError("must be >= reconnect_min_s", path + ("reconnect_max_s",))
+        _at_least(path + ("request_timeout_s",), self.request_timeout_s, 1)
+        _at_least(path + ("handshake_timeout_s",), self.handshake_timeout_s, 1)
+        _at_least(path + ("keepalive_s",), self.keepalive_s, 1)
+        _at_least(path + ("max_queued",), self.max_queued, 100)
+        _at_least(path + ("max_frame_bytes",), self.max_frame_bytes, 65536)
 
 
 @dataclass(frozen=True)
@@ -367,6 +447,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    link: LinkConfig = field(default_factory=LinkConfig)
     extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     components: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source: str = ""
@@ -386,9 +467,29 @@ class Config:
             if hasattr(value, "validate"):
                 value.validate((f.name,))
         self.auth.validate_hosts(self.server.domains, ("auth",))
+        self._validate_roles()
         if not isinstance(self.extensions, Mapping):
             raise ConfigError("must be a table", ("extensions",))
         return self
+
+
+    def has_role(self, role: str) -> bool:
+        """True when this process runs ``role`` (``[server] roles``)."""
+        return role in self.server.roles
+
+    def _validate_roles(self) -> None:
+        link = self.link
+        if self.has_role("sm"):
+            if link.listen:
+                raise ConfigError("only a connection-manager process (roles without \"sm\") listens "
+                                  "for the link; the session manager connects out", ("link", "listen"))
+        else:
+            if link.connect:
+                raise ConfigError('only the session-manager process (roles with "sm") connects',
+                                  ("link", "connect"))
+            if not link.listen:
+                raise ConfigError('required without the "sm" role: where the session manager '
+                                  'connects to, e.g. "127.0.0.1:5347"', ("link", "listen"))
 
 
 def _convert(value: Any, hint: Any, path: tuple[str, ...]) -> Any:
@@ -447,7 +548,7 @@ def section_from_dict(cls: type, raw: Mapping[str, Any], path: tuple[str, ...]) 
 
 
 _SECTIONS = {"server": ServerConfig, "c2s": C2SConfig, "tls": TLSConfig, "storage": StorageConfig,
-             "auth": AuthConfig}
+             "auth": AuthConfig, "link": LinkConfig}
 
 
 def config_from_dict(raw: Mapping[str, Any], source: str = "") -> Config:

@@ -112,6 +112,12 @@ def test_fetch_sends_every_message_with_its_node_and_keeps_them(world, stores):
     assert stores[IOfflineStore].count(BOB).result == 3, "fetching removes nothing"
 
 
+def test_fetch_is_also_accepted_as_an_iq_set(world):
+    bob = log_in(world)
+    reply, messages = iq(world, bob, "set", f"<offline xmlns='{NS_OFFLINE}'><fetch/></offline>")
+    assert reply["type"] == "result" and [str(m.body) for m in messages] == ["m0", "m1", "m2"]
+
+
 def test_fetch_without_headers_also_stops_the_flood(world):
     bob = log_in(world)
     iq(world, bob, "get", f"<offline xmlns='{NS_OFFLINE}'><fetch/></offline>")
@@ -149,7 +155,6 @@ def test_purge_removes_everything(world, stores):
 
 
 @pytest.mark.parametrize("kind,payload", [
-    ("set", "<fetch/>"),
     ("get", "<purge/>"),
     ("get", "<item action='remove' node='x'/>"),
     ("set", "<item action='view' node='x'/>"),

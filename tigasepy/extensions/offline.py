@@ -8,7 +8,8 @@ written to that session.
 Flexible offline message retrieval (XEP-0013 1.3): the disco node
 ``http://jabber.org/protocol/offline`` of the account gives the number of
 messages (disco#info) and their headers (disco#items: node and sender); the
-``<offline/>`` IQ views (``<item action='view'/>``, ``<fetch/>``) and removes
+``<offline/>`` IQ views (``<item action='view'/>``, ``<fetch/>``; fetch is
+accepted in an IQ set too, as slixmpp sends it) and removes
 (``<item action='remove'/>``, ``<purge/>``) messages by node. A session that used
 any of this gets no automatic flush at initial presence, and neither does any
 other resource of the account while it is bound. Viewing never removes. Only the
@@ -193,7 +194,7 @@ class OfflineMessages:
         items = list(request.elements(NS_OFFLINE, "item"))
         actions = {item.getAttribute("action") for item in items}
         nodes = [item.getAttribute("node") or "" for item in items]
-        if kind == "get" and commands == ["fetch"] and not items:
+        if commands == ["fetch"] and not items:     # a get by XEP-0013, a set from some clients
             for message in await self._store.fetch(session.bare):
                 self._send_flexible(session, message)
             return None
