@@ -31,6 +31,7 @@ BUILTIN: dict[str, tuple[str, bool]] = {
     "time": ("tigasepy.extensions.entity_time:EntityTime", True),
     "contact_addresses": ("tigasepy.extensions.contact_addresses:ContactAddresses", True),
     "adhoc": ("tigasepy.extensions.adhoc:AdhocCommands", True),
+    "caps": ("tigasepy.extensions.caps:EntityCapabilities", True),
     "register": ("tigasepy.extensions.register:InBandRegistration", False),
 }
 

@@ -55,18 +55,7 @@ class ServiceDiscovery:
         return self._host.account_exists(bare).addCallback(_answer)
 
     def _build_info(self, target: Target) -> domish.Element:
-        result = domish.Element((ns.DISCO_INFO, "query"))
-        for identity in self._registry.identities(target):
-            element = result.addElement("identity")
-            element["category"] = identity.category
-            element["type"] = identity.type
-            if identity.name:
-                element["name"] = identity.name
-        for var in self._registry.features(target):
-            result.addElement("feature")["var"] = var
-        for form in self._registry.forms(target):
-            result.addChild(form)
-        return result
+        return self._registry.info(target)
 
     def _items(self, event: StanzaEvent) -> Any:
         query = event.stanza.firstChildElement()
