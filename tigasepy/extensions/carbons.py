@@ -103,6 +103,7 @@ class MessageCarbons:
         Protocol("XEP-0280", "1.0.1", "complete",
                  "eligibility rules of 6.1 except copies of errors; urn:xmpp:carbons:rules:0 not advertised"),
         Protocol("XEP-0297", "1.0", "complete", "forwarded carbon copies"),
+        Protocol("XEP-0334", "1.0.0", "partial", "no-copy honoured by carbons"),
     )
     config_type = None
 

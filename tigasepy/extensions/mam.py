@@ -265,6 +265,8 @@ class MessageArchive:
         Protocol("XEP-0441", "0.2.0", "complete", "archiving preferences"),
         Protocol("XEP-0059", "1.0", "complete", "paging of archive queries"),
         Protocol("XEP-0297", "1.0", "complete", "forwarded archive results"),
+        Protocol("XEP-0334", "1.0.0", "partial",
+                 "store, no-store and no-permanent-store honoured by archiving (and offline storage)"),
     )
     config_type = MamConfig
     _log = Logger()
