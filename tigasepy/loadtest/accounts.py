@@ -37,11 +37,13 @@ class CredentialMaker:
         return creds
 
 
-def bulk_create(store: IAccountStore, domain: str, numbers: Iterable[int], *,
+def bulk_create(store: Any, domain: str, numbers: Iterable[int], *,
                 user_pattern: str = "user{n}", password_pattern: str = "password",
                 hashes: Sequence[str] = ("SHA-1", "SHA-256"), iterations: int = 4096,
                 parallel: int = 50) -> "defer.Deferred[int]":
-    """Create ``user_pattern@domain`` for every number (existing accounts are kept).
+    """Create ``user_pattern@domain`` for every number in ``store`` (an ``IAccountStore``).
+
+    Existing accounts are kept.
 
     Returns:
         A Deferred firing with the number of accounts created.

@@ -132,7 +132,7 @@ def check_loopback(host: str, what: str = "--host") -> str:
         infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise UsageError(f"{what} {host}: cannot resolve ({e})") from None
-    addresses = sorted({info[4][0] for info in infos})
+    addresses = sorted({str(info[4][0]) for info in infos})
     for address in addresses:
         if not ipaddress.ip_address(address).is_loopback:
             raise UsageError(f"{what} {host} is {address}: this tool only targets loopback (127.0.0.0/8)")
@@ -235,8 +235,9 @@ def execute(spec: RunSpec, workers: int, deadline_s: float) -> dict[str, Any]:
     raise_fd_limit()
     if workers > 1:
         return run_processes(spec, workers, deadline_s)
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
 
+    reactor: Any = global_reactor
     outcome: dict[str, Any] = {}
 
     def start() -> None:

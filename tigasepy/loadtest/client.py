@@ -107,6 +107,7 @@ class LoadClient(protocol.Protocol):
     """
 
     _log = Logger()
+    transport: Any = None    # a TCP transport with startTLS and setTcpNoDelay once connected
 
     def __init__(self, settings: ClientSettings, username: str, password: str,
                  cache: SaltedPasswordCache, clock: Any, resource: str | None = None) -> None:
@@ -349,7 +350,7 @@ class LoadClient(protocol.Protocol):
     def _iq(self, node: Node) -> None:
         kind = node.get("type")
         if kind in ("result", "error"):
-            entry = self._pending.pop(node.get("id", ""), None)
+            entry = self._pending.pop(node.get("id") or "", None)
             if entry is None:
                 self.handler(node)
                 return
@@ -363,7 +364,7 @@ class LoadClient(protocol.Protocol):
                     c.name for e in node.find("error") for c in e.children)))
             return
         # A request from the server (roster push, ping, ...): answer it so the server is happy.
-        iq_id = quoteattr(node.get("id", ""))
+        iq_id = quoteattr(node.get("id") or "")
         frm = node.get("from")
         to_attr = f" to={quoteattr(frm)}" if frm else ""
         payload = node.children[0] if node.children else None

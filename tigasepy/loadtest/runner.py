@@ -68,8 +68,10 @@ def run_in_reactor(reactor: Any, spec: RunSpec) -> "defer.Deferred[dict[str, Any
 
 def _child(spec: RunSpec, conn: Connection) -> None:
     """Worker process body: its own reactor, gates over ``conn``."""
-    from twisted.internet import reactor, threads
+    from twisted.internet import reactor as global_reactor, threads
     from tigasepy.loadtest.stats import raise_fd_limit
+
+    reactor: Any = global_reactor
 
     raise_fd_limit()
     reactor.suggestThreadPoolSize(2)
@@ -115,14 +117,15 @@ def run_processes(spec: RunSpec, workers: int, deadline_s: float) -> dict[str, A
         procs.append(proc)
     started = time.monotonic()
     results: dict[int, Any] = {}
-    waiting: dict[str, set[int]] = {}
+    waiting: dict[Any, set[int]] = {}
     alive = {i: c for i, c in enumerate(pipes)}
     try:
         while len(results) < len(specs):
             if time.monotonic() - started > deadline_s:
                 raise RunFailed(f"run deadline of {deadline_s:.0f}s passed")
-            for conn in wait(list(alive.values()), timeout=1.0):
-                i = pipes.index(conn)  # type: ignore[arg-type]
+            for ready in wait(list(alive.values()), timeout=1.0):
+                conn: Any = ready
+                i = pipes.index(conn)
                 try:
                     kind, payload = conn.recv()
                 except EOFError:

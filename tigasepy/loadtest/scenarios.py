@@ -246,7 +246,11 @@ class Worker:
                 waits.append(c.closed)
                 c.close()
         d = defer.DeferredList(waits, consumeErrors=True)
-        timeout = self.reactor.callLater(5.0, lambda: [c.abort() for c in self.clients])
+        def abort_all() -> None:
+            for c in self.clients:
+                c.abort()
+
+        timeout = self.reactor.callLater(5.0, abort_all)
         d.addBoth(lambda r: timeout.cancel() if timeout.active() else None)
         return d
 
@@ -363,7 +367,7 @@ class Worker:
                 kind = mark.attrs.get("k")
                 seq = int(mark.attrs.get("s", "0"))
                 if kind == "q":
-                    me.send((f"<message to={quoteattr(node.get('from', ''))} type='chat'><body>{body}</body>"
+                    me.send((f"<message to={quoteattr(node.get('from') or '')} type='chat'><body>{body}</body>"
                              f"<x xmlns='{NS_LOADTEST}' k='a' s='{seq}'/></message>").encode("utf-8"))
                     return
                 sent = mine.pop(seq, None)
@@ -500,7 +504,7 @@ class Worker:
             if drop[0] > 0:                        # test hook: pretend this one never arrived
                 drop[0] -= 1
                 return
-            sender = node.get("from", "")
+            sender = node.get("from") or ""
             seq = int(mark.attrs.get("s", "0"))
             state = seen.get(sender)
             if state is None:
@@ -543,7 +547,7 @@ class Worker:
                 if node.qname != Q_PRESENCE:
                     return
                 kind = node.get("type")
-                frm = node.get("from", "")
+                frm = node.get("from") or ""
                 bare = frm.split("/", 1)[0]
                 if kind == "subscribe":
                     me.send(f"<presence to={quoteattr(bare)} type='subscribed'/>".encode("utf-8"))
