@@ -440,7 +440,8 @@ class AuthConfig:
 class Config:
     """The whole configuration. ``extensions`` and ``components`` keep each
     ``[extensions.NAME]`` / ``[components.NAME]`` table raw; the class's own
-    ``config_type`` parses it when it is loaded."""
+    ``config_type`` parses it when it is loaded. ``components`` also holds the scalar
+    options of the XEP-0114 listener (``tigasepy.components.components_plan``)."""
 
     server: ServerConfig = field(default_factory=ServerConfig)
     c2s: C2SConfig = field(default_factory=C2SConfig)
@@ -561,8 +562,11 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "") -> Config:
     if not isinstance(extensions, Mapping) or any(not isinstance(v, Mapping) for v in extensions.values()):
         raise ConfigError("must be a table of [extensions.NAME] tables", ("extensions",))
     components = raw.get("components", {})
-    if not isinstance(components, Mapping) or any(not isinstance(v, Mapping) for v in components.values()):
-        raise ConfigError("must be a table of [components.NAME] tables", ("components",))
+    if not isinstance(components, Mapping):
+        raise ConfigError("must be a table of listener options and [components.NAME] tables", ("components",))
+    from tigasepy.components import check_components_section  # it imports this module
+
+    check_components_section(components)
     config = Config(extensions=dict(extensions), components=dict(components), source=source, **sections)
     return config.validate()
 

@@ -7,6 +7,7 @@ authentication service and the c2s listeners. Nothing here touches a global reac
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from twisted.application import service
@@ -16,8 +17,10 @@ from twisted.logger import Logger
 from tigasepy.auth.factory import build_authentication
 from tigasepy.c2s.factory import ClientStreamFactory
 from tigasepy.c2s.stream_management import ResumptionRegistry
-from tigasepy.components import configured_components
-from tigasepy.config import Config
+from tigasepy.components import components_plan
+from tigasepy.components.connector import build_connector
+from tigasepy.components.external import ComponentAcceptFactory
+from tigasepy.config import Config, ConfigError
 from tigasepy.extensions import enabled_extensions
 from tigasepy.router.router import LocalDelivery, Router
 from tigasepy.sm.manager import SessionManager
@@ -94,8 +97,16 @@ class TigaseService(service.MultiService):
         for domain in config.server.domains:
             self.router.add_route(domain, LocalDelivery(domain, self.sm))
         self.extension_classes = enabled_extensions(config.extensions)
-        self.components = [cls(domain, comp_config)
-                           for cls, domain, comp_config in configured_components(config.components)]
+        # [components]: in-process ones, XEP-0114 ones that connect to us, and classes we
+        # run as external components of another server (tigasepy/components/__init__.py).
+        plan = components_plan(config.components, Path(config.source).parent if config.source else None)
+        for domain in plan.domains:
+            if self.sm.is_local_domain(domain):
+                raise ConfigError(f"{domain} is a hosted domain, not a component domain", ("components",))
+        self.components = [cls(domain, comp_config) for cls, domain, comp_config in plan.local]
+        self.component_connectors = [
+            build_connector(reactor, o.cls, o.domain, o.config, o.host, o.port, o.secret, tls=o.tls,
+                            ca_file=o.ca_file) for o in plan.outgoing]
         # Per virtual host, an ordered chain of authenticators ([auth], auth/factory.py).
         self.authentication = build_authentication(config, self.stores, reactor)
         self.authentication.attach(self.sm)
@@ -117,13 +128,25 @@ class TigaseService(service.MultiService):
             endpoint = endpoints.SSL4ServerEndpoint(reactor, c2s.direct_tls_port, self.tls_context,
                                                     interface=c2s.interface)
             self._listen("c2s-direct-tls", endpoint, ClientStreamFactory(direct_tls=True, **common))
+        self.external_components: ComponentAcceptFactory | None = None
+        if plan.external:
+            listen = plan.listener
+            self.external_components = ComponentAcceptFactory(listen, plan.external, self.router, reactor,
+                                                              config.server.domains[0])
+            if listen.port:
+                if listen.tls:
+                    endpoint = endpoints.SSL4ServerEndpoint(reactor, listen.port, self.tls_context,
+                                                            interface=listen.interface)
+                else:
+                    endpoint = endpoints.TCP4ServerEndpoint(reactor, listen.port, interface=listen.interface)
+                self._listen("components", endpoint, self.external_components)
 
     def _listen(self, name: str, endpoint: Any, factory: Any) -> None:
         listener = ListenerService(name, endpoint, factory)
         self.listeners.append(listener)
 
     def listener(self, name: str) -> ListenerService:
-        """The listener service called ``name`` (``c2s``, ``c2s-direct-tls``)."""
+        """The listener service called ``name`` (``c2s``, ``c2s-direct-tls``, ``components``)."""
         for listener in self.listeners:
             if listener.name == name:
                 return listener
@@ -148,6 +171,10 @@ class TigaseService(service.MultiService):
             self.sm.load_extension(cls, ext_config)
         for component in self.components:
             component.attach(self.router)
+        if self.external_components is not None:
+            self.external_components.attach()
+        for connector in self.component_connectors:
+            connector.startService()
         self.sm.startService()
         for listener in self.listeners:
             listener.startService()
@@ -166,6 +193,9 @@ class TigaseService(service.MultiService):
             stops.append(defer.maybeDeferred(self.sm.stopService))
         for component in self.components:
             component.detach()
+        if self.external_components is not None:
+            self.external_components.detach()
+        stops.extend(defer.maybeDeferred(c.stopService) for c in self.component_connectors if c.running)
         d = defer.DeferredList(stops)
         d.addCallback(lambda _: self.authentication.close())
         d.addCallback(lambda _: self.stores.close())
