@@ -75,9 +75,6 @@ async def test_accounts_rosters_and_offline_messages_survive_a_restart(
         await from_deferred(restarted.stop())
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: TigaseService.stopService closes the stores while "
-                   "offline storage of accepted messages is still in flight (Database.close: 'pending "
-                   "interactions are not waited for'), so a slow store loses them without a bounce")
 @asyncio_test
 async def test_graceful_shutdown_keeps_offline_messages_still_being_stored(
         xmpp_server: RunningServer, accounts: dict[str, str]) -> None:

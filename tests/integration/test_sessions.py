@@ -85,9 +85,6 @@ def is_error(condition: str):
 
 
 @needs_presence
-@pytest.mark.xfail(strict=True, reason="server bug: OfflineMessages._keep checks the quota with "
-                   "`await store.count(owner)` and appends afterwards with no per-owner serialization, "
-                   "so pipelined messages all pass the check and extensions.offline.max_per_user is exceeded")
 @pytest.mark.parametrize("server_overrides", [{"extensions": {"offline": {"max_per_user": 2}}}])
 @asyncio_test
 async def test_offline_quota_holds_for_a_pipelined_burst(clients: ClientPool) -> None:
@@ -201,8 +198,6 @@ async def test_resource_of_1023_octets_is_accepted(xmpp_server: RunningServer, a
     assert kind == "result" and jid == "carol@localhost/" + "r" * 1023
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: SessionManager.bind builds the JID with Twisted's JID, "
-                   "which does not enforce RFC 7622's 1023-octet limit, so an over-long resource is bound")
 @pytest.mark.parametrize("resource", ["r" * 1024, "\u00e9" * 512], ids=["1024-ascii", "1024-octets-utf8"])
 @asyncio_test
 async def test_resource_longer_than_1023_octets_is_refused(xmpp_server: RunningServer,

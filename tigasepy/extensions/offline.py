@@ -104,11 +104,15 @@ class OfflineMessages:
         host.hook(InitialPresence, self._flush)
         host.hook(AccountRemoved, self._forget)
 
-    async def _keep(self, event: StanzaEvent) -> Any:
-        stanza = event.stanza
-        if event.type not in ("normal", "chat") or not worth_storing(stanza):
+    def _keep(self, event: StanzaEvent) -> Any:
+        if event.type not in ("normal", "chat") or not worth_storing(event.stanza):
             return PASS
         owner = event.to.userhost()
+        # Count and append in one job per account: a burst cannot slip past the quota.
+        return self._host.serialized(owner, self._store_message, event, owner)
+
+    async def _store_message(self, event: StanzaEvent, owner: str) -> Any:
+        stanza = event.stanza
         if await self._store.count(owner) >= self._config.max_per_user:
             raise StanzaError("service-unavailable", "Offline storage is full")
         now = self._host.clock.seconds()

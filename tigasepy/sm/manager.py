@@ -37,7 +37,7 @@ from tigasepy.sm.queue import OwnerQueue
 from tigasepy.sm.session import BoundSession
 from tigasepy.storage.interfaces import IAccountStore
 from tigasepy.xmpp.errors import StanzaError
-from tigasepy.xmpp.jid import domain_of
+from tigasepy.xmpp.jid import MAX_PART_BYTES, domain_of, parse_jid
 from tigasepy.xmpp.stanza import iq_result
 
 _IQ_TYPES = frozenset({"get", "set", "result", "error"})
@@ -75,10 +75,12 @@ class SessionManager(service.Service):
         self.unauthenticated_iqs: dict[tuple[str, str], Any] = {}
         self.extensions: dict[str, tuple[Any, ExtensionHost]] = {}
         self.account_queue = OwnerQueue()
+        self._in_flight: set[defer.Deferred[Any]] = set()
+        self.drain_timeout_s = 10.0
         self._sessions: dict[str, dict[str, BoundSession]] = {}
         self._by_handle: dict[int, BoundSession] = {}
         # Bounded, owned by this service: stringprep is the costliest part of addressing.
-        self.parse_jid = functools.lru_cache(maxsize=_JID_CACHE_SIZE)(JID)
+        self.parse_jid = functools.lru_cache(maxsize=_JID_CACHE_SIZE)(parse_jid)
 
     # -- extensions ---------------------------------------------------------------------
     def load_extension(self, cls: type, config: Any) -> Any:
@@ -101,9 +103,20 @@ class SessionManager(service.Service):
         host.close()
 
     def stopService(self) -> Any:
-        for name in list(self.extensions)[::-1]:
-            self.unload_extension(name)
-        return super().stopService()
+        """Wait (bounded) for stanza work in flight, such as offline storing, then unload."""
+        super().stopService()
+        pending = list(self._in_flight)
+        drained: defer.Deferred[Any] = defer.DeferredList(pending, consumeErrors=True)
+        if pending:
+            self._log.info("waiting for {count} stanzas still being processed", count=len(pending))
+            drained.addTimeout(self.drain_timeout_s, self.clock)
+            drained.addErrback(lambda f: self._log.warn("stopping with stanzas still being processed"))
+
+        def _unload(_: Any) -> None:
+            for name in list(self.extensions)[::-1]:
+                self.unload_extension(name)
+
+        return drained.addCallback(_unload)
 
     # -- ISessionManager ----------------------------------------------------------------
     def is_local_domain(self, domain: str) -> bool:
@@ -144,6 +157,8 @@ class SessionManager(service.Service):
                 jid = JID(tuple=(username, domain, resource))
             except InvalidFormat:
                 raise StanzaError("bad-request", "invalid resource") from None
+            if len(jid.resource.encode("utf-8")) > MAX_PART_BYTES:
+                raise StanzaError("bad-request", "resource longer than 1023 octets (RFC 7622)")
         else:
             jid = None
         if jid is None or not jid.resource:
@@ -339,20 +354,37 @@ class SessionManager(service.Service):
         else:
             self._guard(event, outcome, onward)
 
-    def _guard(self, event: StanzaEvent, outcome: Any, onward: Any) -> None:
-        """Continue with ``onward(event)`` unless a hook took the stanza; map errors to replies."""
+    def _guard(self, event: StanzaEvent, outcome: Any, onward: Any) -> "defer.Deferred[Any] | None":
+        """Continue with ``onward(event)`` unless a hook took the stanza; map errors to replies.
+
+        Returns the Deferred of the work still under way (tracked, so that shutdown
+        waits for it), or None when everything was done synchronously.
+        """
         if isinstance(outcome, defer.Deferred):
-            def _then(result: Any) -> None:
+            def _then(result: Any) -> Any:
                 if result is not HANDLED:
-                    onward(event)
+                    return onward(event)
+                return None
             outcome.addCallback(_then)
             outcome.addErrback(lambda f: self._reply_error(event, f))
-            return
+            return self._track(outcome)
         if outcome is not HANDLED:
             try:
-                onward(event)
+                return onward(event)
             except Exception as e:
                 self._reply_error(event, e)
+        return None
+
+    def _track(self, d: "defer.Deferred[Any]") -> "defer.Deferred[Any]":
+        """Remember ``d`` until it fires: stanza work in flight that shutdown waits for."""
+        self._in_flight.add(d)
+
+        def _done(result: Any) -> Any:
+            self._in_flight.discard(d)
+            return result
+
+        d.addBoth(_done)
+        return d
 
     def _reply_error(self, event: StanzaEvent, failure: Any) -> None:
         reply = error_reply_for(event.stanza, failure)
@@ -443,6 +475,7 @@ class SessionManager(service.Service):
             return
         d.addCallback(lambda r: None if r is HANDLED else self._reply(event, _iq_reply(stanza, r)))
         d.addErrback(lambda f: self._reply_error(event, f))
+        self._track(d)
 
     def _reply(self, event: StanzaEvent, reply: domish.Element) -> None:
         if event.session is not None:

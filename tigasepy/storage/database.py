@@ -69,6 +69,7 @@ class Database:
         self.max_attempts = max(1, max_attempts)
         self._reactor = reactor
         self._available = True
+        self._pending: set[defer.Deferred[Any]] = set()
         args, kwargs = engine.pool_arguments()
         self._pool = adbapi.ConnectionPool(engine.module_name, *args, cp_reactor=reactor, **kwargs)
 
@@ -114,7 +115,13 @@ class Database:
             return result
 
         d.addBoth(finished)
+        self._pending.add(d)
+        d.addBoth(self._settled, d)
         return d
+
+    def _settled(self, result: Any, d: "defer.Deferred[Any]") -> Any:
+        self._pending.discard(d)
+        return result
 
     def _went_down(self, desc: str, error: BaseException) -> None:
         if self._available:
@@ -198,9 +205,32 @@ class Database:
         except Exception:
             pass
 
-    def close(self) -> None:
-        """Close the pool and its connections; pending interactions are not waited for."""
-        self._pool.close()
+    def close(self, drain_timeout_s: float = 10.0) -> "defer.Deferred[None]":
+        """Let the interactions under way finish (at most ``drain_timeout_s``), then close.
+
+        Interactions that finishing ones start (a count, then an append) are waited
+        for too: a message whose storing had started when shutdown began is written.
+        """
+        deadline = self._reactor.seconds() + drain_timeout_s
+        closed: defer.Deferred[None] = defer.Deferred()
+
+        def drain(_: Any = None) -> None:
+            pending = list(self._pending)
+            left = deadline - self._reactor.seconds()
+            if not pending or left <= 0:
+                if pending:
+                    self._log.warn("closing the database with {count} interactions still running",
+                                   count=len(pending))
+                self._pool.close()
+                closed.callback(None)
+                return
+            waiting: defer.Deferred[Any] = defer.DeferredList(pending, consumeErrors=True)
+            waiting.addTimeout(left, self._reactor)
+            # On the next turn, so that callbacks of what finished can start their follow-ups.
+            waiting.addBoth(lambda _: self._reactor.callLater(0, drain))
+
+        drain()
+        return closed
 
 
 def run_sync(connection: Any, engine: DatabaseEngine, fn: Callable[..., T], *args: Any,

@@ -99,7 +99,7 @@ class Stores:
     def close(self) -> "defer.Deferred[None]":
         """Close the database (if any); the stores must not be used afterwards."""
         if self.database is not None:
-            self.database.close()
+            return self.database.close()
         return defer.succeed(None)
 
 

@@ -10,7 +10,7 @@ from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 
 __all__ = ["JID", "InvalidFormat", "parse_jid", "bare", "domain_of"]
 
-_MAX_PART = 1023
+MAX_PART_BYTES = 1023  # RFC 7622 section 3: each part at most 1023 octets
 
 
 def parse_jid(text: str | None) -> JID | None:
@@ -21,11 +21,11 @@ def parse_jid(text: str | None) -> JID | None:
     """
     if not text:
         return None
-    if len(text) > 3 * _MAX_PART + 2:
+    if len(text) > 3 * MAX_PART_BYTES + 2:
         raise InvalidFormat("JID too long")
     jid = JID(text)
     for part in (jid.user, jid.host, jid.resource):
-        if part is not None and len(part.encode("utf-8")) > _MAX_PART:
+        if part is not None and len(part.encode("utf-8")) > MAX_PART_BYTES:
             raise InvalidFormat("JID part too long")
     return jid
 
