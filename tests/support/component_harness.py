@@ -122,19 +122,65 @@ class AcceptConnection:
         return self.transport.disconnecting
 
 
-class ClientConnectionHarness:
-    """Endpoints for a ``ComponentConnector``: each connect() gives a StringTransport the test drives."""
+class Pipe:
+    """Two protocols joined by StringTransports; ``pump`` moves bytes until both are quiet."""
 
-    def __init__(self) -> None:
-        self.attempts: list[defer.Deferred] = []
-        self.factories: list[Any] = []
-        self.fail_next = 0
+    def __init__(self, client: Any, server: Any) -> None:
+        self.client, self.server = client, server
+        self.ct, self.st = StringTransport(), StringTransport()
+        self.lost = False
+        server.makeConnection(self.st)
+        client.makeConnection(self.ct)
+
+    def pump(self) -> None:
+        for _ in range(100):
+            moved = False
+            for src, dst in ((self.ct, self.server), (self.st, self.client)):
+                data = src.value()
+                if data:
+                    src.clear()
+                    dst.dataReceived(data)
+                    moved = True
+            if not moved:
+                break
+        if not self.lost and (self.ct.disconnecting or self.st.disconnecting):
+            self.drop()
+
+    def drop(self) -> None:
+        """The TCP connection ends (both sides see connectionLost)."""
+        if self.lost:
+            return
+        self.lost = True
+        self.server.connectionLost()
+        self.client.connectionLost()
+
+
+class PipeEndpoint:
+    """A client endpoint whose connections go into an ``AcceptWorld``'s factory."""
+
+    def __init__(self, world: AcceptWorld) -> None:
+        self.world = world
+        self.pipes: list[Pipe] = []
+        self.refuse = 0
+        self.attempts = 0
 
     def connect(self, factory: Any) -> defer.Deferred:
-        self.factories.append(factory)
-        if self.fail_next:
-            self.fail_next -= 1
-            return defer.fail(ConnectionRefusedError("refused"))
-        d: defer.Deferred = defer.Deferred()
-        self.attempts.append(d)
-        return d
+        self.attempts += 1
+        if self.refuse:
+            self.refuse -= 1
+            return defer.fail(ConnectionRefusedError())
+        client = factory.buildProtocol(None)
+        pipe = Pipe(client, self.world.factory.buildProtocol(None))
+        self.pipes.append(pipe)
+        pipe.pump()
+        return defer.succeed(client)
+
+    def pump(self) -> None:
+        for pipe in self.pipes:
+            if not pipe.lost:
+                pipe.pump()
+
+    @property
+    def live(self) -> Pipe:
+        [pipe] = [p for p in self.pipes if not p.lost]
+        return pipe
