@@ -437,6 +437,28 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class HostConfig:
+    """``[hosts."DOMAIN"]``: one virtual host's own settings; unset ones follow the server's.
+
+    ``registration``: in-band registration (XEP-0077) on this host; unset follows
+    ``[extensions.register] enabled``. A host whose authenticator chain names ``ldap``
+    never allows it (the directory owns the user names). ``certificate`` and
+    ``private_key``: the host's own certificate (PEM files, relative to the config
+    file's folder), presented to clients that ask for this name (TLS SNI); empty: the
+    server's certificate (``[tls]``). The host's authenticators are set in
+    ``[auth.hosts."DOMAIN"]``.
+    """
+
+    registration: bool | None = None
+    certificate: str = ""
+    private_key: str = ""
+
+    def validate(self, path: tuple[str, ...]) -> None:
+        if bool(self.certificate) != bool(self.private_key):
+            raise ConfigError("certificate and private_key go together", path)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. ``extensions`` and ``components`` keep each
     ``[extensions.NAME]`` / ``[components.NAME]`` table raw; the class's own
@@ -451,7 +473,23 @@ class Config:
     link: LinkConfig = field(default_factory=LinkConfig)
     extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     components: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    hosts: Mapping[str, HostConfig] = field(default_factory=dict)
     source: str = ""
+
+    def host(self, domain: str) -> HostConfig:
+        """The ``[hosts."DOMAIN"]`` settings of ``domain`` (all unset when it has no table)."""
+        return self.hosts.get(domain) or HostConfig()
+
+    def registration_on(self, domain: str, default: bool) -> bool:
+        """True when in-band registration is allowed on ``domain``.
+
+        ``default`` is the server-wide setting (``[extensions.register] enabled``); a
+        host whose authenticator chain names ``ldap`` never allows registration.
+        """
+        if "ldap" in self.auth.chain_of(domain):
+            return False
+        own = self.host(domain).registration
+        return default if own is None else own
 
     @property
     def data_path(self) -> Path:
@@ -468,6 +506,12 @@ class Config:
             if hasattr(value, "validate"):
                 value.validate((f.name,))
         self.auth.validate_hosts(self.server.domains, ("auth",))
+        for domain, host in self.hosts.items():
+            if domain not in self.server.domains:
+                raise ConfigError("not a hosted domain (server.domains)", ("hosts", domain))
+            if host.registration and "ldap" in self.auth.chain_of(domain):
+                raise ConfigError("not with an authenticator chain naming ldap: the directory owns "
+                                  "the user names", ("hosts", domain, "registration"))
         self._validate_roles()
         if not isinstance(self.extensions, Mapping):
             raise ConfigError("must be a table", ("extensions",))
@@ -554,7 +598,7 @@ _SECTIONS = {"server": ServerConfig, "c2s": C2SConfig, "tls": TLSConfig, "storag
 
 def config_from_dict(raw: Mapping[str, Any], source: str = "") -> Config:
     """Build and validate a ``Config`` from parsed TOML."""
-    unknown = sorted(set(raw) - set(_SECTIONS) - {"extensions", "components"})
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"extensions", "components", "hosts"})
     if unknown:
         raise ConfigError("unknown section", (unknown[0],))
     sections = {name: section_from_dict(cls, raw.get(name, {}), (name,)) for name, cls in _SECTIONS.items()}
@@ -567,7 +611,9 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "") -> Config:
     from tigasepy.components import check_components_section  # it imports this module
 
     check_components_section(components)
-    config = Config(extensions=dict(extensions), components=dict(components), source=source, **sections)
+    hosts = _convert(raw.get("hosts", {}), Mapping[str, HostConfig], ("hosts",))
+    config = Config(extensions=dict(extensions), components=dict(components), hosts=hosts, source=source,
+                    **sections)
     return config.validate()
 
 

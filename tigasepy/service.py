@@ -21,7 +21,7 @@ from tigasepy.components import components_plan
 from tigasepy.components.connector import build_connector
 from tigasepy.components.external import ComponentAcceptFactory
 from tigasepy.config import Config, ConfigError
-from tigasepy.extensions import enabled_extensions
+from tigasepy.extensions import extensions_for
 from tigasepy.router.router import LocalDelivery, Router
 from tigasepy.sm.manager import SessionManager
 from tigasepy.storage.factory import open_stores
@@ -96,7 +96,7 @@ class TigaseService(service.MultiService):
                                  max_resources=config.c2s.max_resources_per_account, config=config)
         for domain in config.server.domains:
             self.router.add_route(domain, LocalDelivery(domain, self.sm))
-        self.extension_classes = enabled_extensions(config.extensions)
+        self.extension_classes = extensions_for(config)   # [extensions], [hosts] registration
         # [components]: in-process ones, XEP-0114 ones that connect to us, and classes we
         # run as external components of another server (tigasepy/components/__init__.py).
         plan = components_plan(config.components, Path(config.source).parent if config.source else None)

@@ -78,6 +78,18 @@ def enabled_extensions(tables: Mapping[str, Mapping[str, Any]]) -> list[tuple[ty
     return out
 
 
+def extensions_for(config: Any) -> list[tuple[type, Any]]:
+    """``enabled_extensions`` of ``config.extensions``, with ``register`` loaded also when
+    only some virtual hosts allow registration (``[hosts."DOMAIN"] registration = true``);
+    the extension itself checks each host's policy (``Config.registration_on``)."""
+    tables = dict(config.extensions)
+    if any(host.registration for host in config.hosts.values()):
+        register = dict(tables.get("register", {}))
+        register["enabled"] = True
+        tables["register"] = register
+    return enabled_extensions(tables)
+
+
 def defaults_of(config_type: type | None) -> dict[str, Any]:
     """The default option values of an extension config type (for docs)."""
     if config_type is None:

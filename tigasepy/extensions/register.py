@@ -1,9 +1,16 @@
 """In-band registration (XEP-0077): account creation, password change and removal.
 
-Off by default (``[extensions.register] enabled = true`` turns it on). Before
+Off by default (``[extensions.register] enabled = true`` turns it on, for every
+host; ``[hosts."DOMAIN"] registration`` overrides it for one virtual host). Before
 authentication it creates accounts; an authenticated user can change the
 password or remove the account, which deletes its data in every store (through
 the ``AccountRemoved`` hook) and ends its sessions.
+
+A host whose authenticator chain names ``ldap`` never registers accounts nor
+changes passwords in-band (``not-allowed``): the directory owns its user names, so
+someone registering a directory user's name before that user's first login would
+take over the account's data, and an internal password beside the directory's
+would outlive a password change or a removal in the directory.
 """
 
 from __future__ import annotations
@@ -69,14 +76,28 @@ class InBandRegistration:
             run_blocking=in_thread_pool(host.clock) if hasattr(host.clock, "getThreadPool") else run_inline,
         )
         self._recent: collections.deque[float] = collections.deque()
+        server = host.server_config
+        # Loaded for all hosts; whether it serves a host is that host's policy.
+        default = bool(server.extensions.get("register", {}).get("enabled", False)) if server else True
+        self._policy = {domain: ("ldap" if server is not None and "ldap" in server.auth.chain_of(domain)
+                                 else server.registration_on(domain, default) if server is not None else True)
+                        for domain in host.domains}
         host.add_feature(ns.REGISTER)
         host.add_stream_feature(self._stream_feature)
         host.on_unauthenticated_iq(ns.REGISTER, "query", self._unauthenticated)
         host.on_iq(ns.REGISTER, "query", self._authenticated, types=("get", "set"),
                    targets=(Target.SELF, Target.HOST))
 
+    def _check_host(self, domain: str) -> None:
+        """Refuse registration where the host's policy says no."""
+        policy = self._policy.get(domain, False)
+        if policy == "ldap":
+            raise StanzaError("not-allowed", "Accounts on this host come from the directory")
+        if not policy:
+            raise StanzaError("service-unavailable")
+
     def _stream_feature(self, domain: str, authenticated: bool) -> domish.Element | None:
-        if authenticated:
+        if authenticated or self._policy.get(domain) is not True:
             return None
         return domish.Element((ns.REGISTER_FEATURE, "register"))
 
@@ -89,6 +110,7 @@ class InBandRegistration:
 
     def _unauthenticated(self, domain: str, stanza: domish.Element) -> Any:
         query = stanza.firstChildElement()
+        self._check_host(domain)
         if stanza["type"] == "get":
             return self._form()
         if next(query.elements(ns.REGISTER, "remove"), None) is not None:
@@ -135,7 +157,7 @@ class InBandRegistration:
         username, password = _field(query, "username"), _field(query, "password")
         if not password or (username is not None and username != event.sender.user):
             raise StanzaError("bad-request" if not password else "not-allowed")
-        if not self._config.allow_password_change:
+        if not self._config.allow_password_change or self._policy.get(event.sender.host) == "ldap":
             raise StanzaError("not-allowed")
         d = self._accounts.set_password(bare, password)
         d.addCallbacks(lambda _: None, self._map_error)
