@@ -95,9 +95,13 @@ class Ticket:
 
 @dataclass
 class Agent:
-    jid: str
+    jid: str                     # the configured bare JID
+    address: str = ""            # the full JID the agent last wrote from (where to write)
     ready: bool = False
     ticket: Ticket | None = None
+
+    def __post_init__(self) -> None:
+        self.address = self.address or self.jid
 
 
 class HelpDesk(Component):
@@ -137,6 +141,8 @@ class HelpDesk(Component):
         if not body:
             return
         bare = sender.userhost()
+        if bare in self.agents:
+            self.agents[bare].address = sender.full()
         if recipient.user is None or recipient.user == self.config.desk:
             if bare in self.agents:
                 self.agent_command(self.agents[bare], body)
@@ -151,7 +157,7 @@ class HelpDesk(Component):
             raise StanzaError("forbidden", "Only agents write to ticket addresses")
         ticket = self.tickets.get(int(match.group(1)))
         if ticket is None or ticket.agent != agent.jid:
-            self.say(agent.jid, "This conversation is closed or is not yours.", frm=stanza["to"])
+            self.say(agent.address, "This conversation is closed or is not yours.", frm=stanza["to"])
             return
         if body == "!done":
             self.agent_command(agent, body)
@@ -192,7 +198,7 @@ class HelpDesk(Component):
         if ticket is not None:
             ticket.visitor = full
             if ticket.agent is not None:
-                self.say(ticket.agent, body, frm=self.ticket_address(ticket))
+                self.say(self.agents[ticket.agent].address, body, frm=self.ticket_address(ticket))
             elif len(ticket.waiting) >= self.config.max_waiting_messages:
                 self.say(full, "Please wait for an agent before writing more.")
             else:
@@ -234,16 +240,16 @@ class HelpDesk(Component):
         agent.ticket = ticket
         address = self.ticket_address(ticket)
         visitor = parse_jid(ticket.visitor).userhost()
-        self.say(agent.jid, f"New visitor {visitor} (ticket {ticket.number}). Answer by writing to "
+        self.say(agent.address, f"New visitor {visitor} (ticket {ticket.number}). Answer by writing to "
                             f"{address}; send !done to {self.desk} when finished.", frm=address)
         waiting, ticket.waiting = ticket.waiting, []
         for body in waiting:
-            self.say(agent.jid, body, frm=address)
+            self.say(agent.address, body, frm=address)
 
     def take_next(self, agent: Agent) -> None:
         """Give a ready, free agent the next waiting visitor (or say there is none)."""
         if not self.queue:
-            self.say(agent.jid, "No visitors are waiting; you will get the next one.")
+            self.say(agent.address, "No visitors are waiting; you will get the next one.")
             return
         ticket = self.queue.popleft()
         self.say(ticket.visitor, "An agent is with you now.")
@@ -262,7 +268,7 @@ class HelpDesk(Component):
         agent = self.agents.get(ticket.agent or "")
         if agent is not None and agent.ticket is ticket:
             agent.ticket = None
-            self.say(agent.jid, f"Ticket {ticket.number} closed: {reason}", frm=self.ticket_address(ticket))
+            self.say(agent.address, f"Ticket {ticket.number} closed: {reason}", frm=self.ticket_address(ticket))
             if agent.ready:
                 self.take_next(agent)
 
@@ -284,28 +290,28 @@ class HelpDesk(Component):
         command = body.split()[0].lower()
         if command in ("!ready", "!next"):
             if agent.ticket is not None:
-                self.say(agent.jid, f"You are still with ticket {agent.ticket.number}; send !done first.")
+                self.say(agent.address, f"You are still with ticket {agent.ticket.number}; send !done first.")
                 return
             agent.ready = True
             self.take_next(agent)
         elif command == "!done":
             ticket = agent.ticket
             if ticket is None:
-                self.say(agent.jid, "You have no open conversation.")
+                self.say(agent.address, "You have no open conversation.")
                 return
             self.say(ticket.visitor, "The agent closed this conversation. Thank you for contacting us!")
             agent.ready = True
             self.close_ticket(ticket, "done.")
         elif command == "!away":
             if agent.ticket is not None:
-                self.say(agent.jid, f"You are still with ticket {agent.ticket.number}; send !done first.")
+                self.say(agent.address, f"You are still with ticket {agent.ticket.number}; send !done first.")
                 return
             agent.ready = False
-            self.say(agent.jid, "You will get no new visitors.")
+            self.say(agent.address, "You will get no new visitors.")
         elif command == "!status":
             free = sum(1 for a in self.agents.values() if a.ready and a.ticket is None)
             busy = sum(1 for a in self.agents.values() if a.ticket is not None)
             mine = f"ticket {agent.ticket.number}" if agent.ticket else ("ready" if agent.ready else "away")
-            self.say(agent.jid, f"{len(self.queue)} waiting; {free} agents free, {busy} busy; you: {mine}.")
+            self.say(agent.address, f"{len(self.queue)} waiting; {free} agents free, {busy} busy; you: {mine}.")
         else:
-            self.say(agent.jid, HELP.format(desk=self.desk))
+            self.say(agent.address, HELP.format(desk=self.desk))

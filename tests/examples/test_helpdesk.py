@@ -88,7 +88,7 @@ def test_visitors_queue_get_positions_and_are_relayed_to_agents(desk):
     desk.send("agent1@example.org/desk", ticket, "Unplug it, please.")
     assert desk.inbox() == [("v1@example.org/web", DESK, "Unplug it, please.")]
     desk.send("v1@example.org/web", DESK, "done, thanks")
-    assert desk.inbox() == [("agent1@example.org", ticket, "done, thanks")]
+    assert desk.inbox() == [("agent1@example.org/desk", ticket, "done, thanks")]
 
     desk.send("agent1@example.org/desk", DESK, "!done")
     got = desk.inbox()

@@ -212,6 +212,8 @@ def _stream_error_condition(element: domish.Element) -> tuple[str, str]:
 
 
 class _Factory(protocol.Factory):
+    noisy = False
+
     def __init__(self, connector: "ComponentConnector") -> None:
         self.connector = connector
 
@@ -462,4 +464,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the module's own copy (tigasepy.components.connector), not this __main__ one, so
+    # that classes and log namespaces are the ones the rest of tigasepy imports.
+    from tigasepy.components import connector as _connector
+
+    _connector.main()
