@@ -391,8 +391,16 @@ def is_push_for(jid: str, **expected: str | None) -> Callable[[Any], bool]:
 
 
 async def fetch_roster(client: TestClient) -> dict[str, dict[str, str | None]]:
-    """The roster as the server holds it now (also makes the resource interested in pushes)."""
-    result = await client.get_roster(timeout=DEFAULT_TIMEOUT)
+    """The roster as the server holds it now (also makes the resource interested in pushes).
+
+    Asks without a cached version: with roster versioning (XEP-0237) slixmpp's own
+    ``get_roster`` sends the version it last saw and may rightly get an empty result.
+    """
+    iq = client.Iq()
+    iq["type"] = "get"
+    iq.enable("roster")
+    result = await iq.send(timeout=DEFAULT_TIMEOUT)
+    client.event("roster_update", result)
     return roster_items(result)
 
 
