@@ -201,6 +201,14 @@ class SlixComponent(slixmpp.ComponentXMPP):
         self.add_event_handler("stream_error", lambda e: self.errors.put(e["condition"]))
         self.add_event_handler("message", self._echo)
 
+    async def shut(self) -> None:
+        """Drop the connection and end slixmpp's background send task (nothing left pending)."""
+        self.abort()
+        sender = getattr(self, "_run_out_filters", None)
+        if sender is not None and not sender.done():
+            sender.cancel()
+            await asyncio.wait([sender], timeout=DEFAULT_TIMEOUT)
+
     def _echo(self, msg: Any) -> None:
         if msg["type"] in ("chat", "normal"):
             self.send_message(mto=msg["from"], mfrom=msg["to"], mbody=f"slix: {msg['body']}", mtype="chat")
@@ -227,7 +235,7 @@ async def test_slixmpp_component_connects_and_is_held_to_its_domain(
         await asyncio.sleep(0.2)
         assert alice.messages.take(lambda m: body_of(m) == "I am bob") is None
     finally:
-        component.abort()
+        await component.shut()
 
 
 @asyncio_test
@@ -238,7 +246,7 @@ async def test_slixmpp_component_with_a_wrong_secret_gets_not_authorized(xmpp_se
         assert await component.errors.wait_for(what="stream error") == "not-authorized"
         assert not component.started.done()
     finally:
-        component.abort()
+        await component.shut()
 
 
 # -- the help desk, in-process and over XEP-0114 --------------------------------------------
