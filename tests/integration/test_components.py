@@ -31,10 +31,18 @@ def secret_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server_overrides(secret_file: Path) -> dict[str, Any]:
-    """Components on the integration server: two external (echo, desk) and one in-process help desk."""
+def component_tls() -> bool:
+    """Whether the component port speaks direct TLS (parametrize to change)."""
+    return False
+
+
+@pytest.fixture
+def server_overrides(secret_file: Path, component_tls: bool) -> dict[str, Any]:
+    """Components on the integration server: external ones (echo, slix, desk, far) and an
+    in-process help desk."""
     return {"components": {
-        "interface": LOOPBACK, "port": free_port(),
+        "interface": LOOPBACK, "port": free_port(), "tls": component_tls,
+        "far": {"external": True, "domain": "far.localhost", "secret": SECRET},
         "echo": {"external": True, "domain": "echo.localhost", "secret_file": str(secret_file)},
         "slixecho": {"external": True, "domain": "slix.localhost", "secret": SECRET},
         "desk": {"external": True, "domain": "desk.localhost", "secret_file": str(secret_file)},
@@ -51,10 +59,10 @@ class ComponentProcess:
     """``python -m tigasepy.components.connector`` in its own OS process."""
 
     def __init__(self, server: RunningServer, tmp_path: Path, class_path: str, domain: str, secret_file: Path,
-                 options: str | None = None) -> None:
+                 options: str | None = None, extra: tuple[str, ...] = (), host: str = LOOPBACK) -> None:
         args = [sys.executable, "-m", "tigasepy.components.connector", "--class", class_path,
-                "--domain", domain, "--host", LOOPBACK, "--port", str(component_port(server)),
-                "--secret-file", str(secret_file), "--max-delay", "1"]
+                "--domain", domain, "--host", host, "--port", str(component_port(server)),
+                "--secret-file", str(secret_file), "--max-delay", "1", *extra]
         if options is not None:
             options_file = tmp_path / f"{domain}.toml"
             options_file.write_text(options)
@@ -183,6 +191,61 @@ async def test_a_wrong_secret_keeps_the_component_out(xmpp_server: RunningServer
     assert "not-the-secret" not in proc.log.read_text()
     assert not xmpp_server.service.external_components.is_connected("echo.localhost")
     await proc.stop()
+
+
+@pytest.mark.parametrize("component_tls", [True])
+@asyncio_test(timeout=60)
+async def test_component_port_with_direct_tls(
+        clients: ClientPool, xmpp_server: RunningServer, tmp_path: Path, secret_file: Path, processes) -> None:
+    """[components] tls = true: the connector verifies the server's certificate (--ca-file) and
+    works as over plain TCP; a plain-text component gets nowhere."""
+    echo = ComponentProcess(xmpp_server, tmp_path, "examples.echo_component:EchoComponent", "echo.localhost",
+                            secret_file, extra=("--tls", "--ca-file", str(xmpp_server.certificate_path)),
+                            host="localhost")
+    processes.append(echo)
+    await echo.wait_connected()
+    alice = await clients.login("alice", resource="a")
+    alice.send_message(mto="echo.localhost", mbody="over tls", mtype="chat")
+    reply = await alice.messages.wait_for(from_is("echo.localhost"), what="echo")
+    assert body_of(reply) == "over tls"
+    await echo.stop()
+    plain = ComponentProcess(xmpp_server, tmp_path, "examples.echo_component:EchoComponent", "desk.localhost",
+                             secret_file)
+    processes.append(plain)
+    await asyncio.sleep(1.0)
+    assert not xmpp_server.service.external_components.is_connected("desk.localhost")
+    await plain.stop()
+
+
+@asyncio_test(timeout=60)
+async def test_a_tigasepy_server_runs_a_component_of_another_server_from_its_config(
+        clients: ClientPool, xmpp_server: RunningServer, tmp_path: Path) -> None:
+    """Server B's config has [components.far] with class and connect = "host:port": B runs the
+    echo component as an external component of server A, where alice uses it."""
+    from twisted.internet import reactor
+
+    from support.server import start_server
+    from support.xmpp_clients import from_deferred
+
+    overrides = {"components": {"far": {
+        "class": "examples.echo_component:EchoComponent", "domain": "far.localhost", "prefix": "far: ",
+        "connect": f"{LOOPBACK}:{component_port(xmpp_server)}", "secret": SECRET}}}
+    other = await from_deferred(start_server((tmp_path / "b").resolve(), reactor, overrides), timeout=30)
+    try:
+        [connector] = other.service.component_connectors
+        await from_deferred(connector.when_ready())
+        alice = await clients.login("alice", resource="a")
+        alice.send_message(mto="far.localhost", mbody="hello B", mtype="chat")
+        reply = await alice.messages.wait_for(from_is("far.localhost"), what="echo from B")
+        assert body_of(reply) == "far: hello B"
+    finally:
+        await from_deferred(other.stop(), timeout=30)
+    hub = xmpp_server.service.external_components
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEFAULT_TIMEOUT
+    while hub.is_connected("far.localhost") and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    assert not hub.is_connected("far.localhost")
 
 
 # -- slixmpp's XEP-0114 component against our accept side -----------------------------------
