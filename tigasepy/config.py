@@ -737,6 +737,16 @@ data_dir = "data"
 # timeout_s = 10.0                  # a login the directory has not answered by then fails (temporary-auth-failure)
 # pool_size = 4                     # connections (and threads) used at most
 
+# Components: [components.NAME] tables with class + domain run in-process; with
+# external = true (+ secret_file) a component connects here over XEP-0114. See docs/components.md.
+# [components]
+# interface = "127.0.0.1"           # the XEP-0114 listener (loopback: its streams are not encrypted)
+# port = 5347                       # runs only when some component has external = true
+# [components.helpdesk]
+# external = true
+# domain = "helpdesk.{domain}"
+# secret_file = "helpdesk.secret"   # its first line; relative to this file's folder
+
 # Extensions: each [extensions.NAME] table takes `enabled` plus the extension's options.
 [extensions.register]
 # In-band registration (XEP-0077): anyone can create an account when enabled.
