@@ -8,6 +8,8 @@
     tigasepy [--config PATH] user del JID
     tigasepy [--config PATH] user list [DOMAIN]
     tigasepy [--config PATH] db upgrade
+    tigasepy [--config PATH] export [--domain D]... FILE_OR_DIR
+    tigasepy [--config PATH] import [--domain D]... [--skip-existing | --replace] FILE...
 
 These spellings are stable: scripts depend on them. The commands work while the
 server runs: they open the database ([storage] backend: SQLite in WAL mode, or
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -300,6 +303,130 @@ def _run_user_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- export / import (XEP-0227) ------------------------------------------------------------
+
+def _hosted(config: Config, given: list[str] | None) -> list[str]:
+    """The ``--domain`` values (prepared), each hosted here; all hosted domains when none."""
+    if not given:
+        return list(config.server.domains)
+    domains = []
+    for text in given:
+        domain = text.strip().lower()
+        if domain not in config.server.domains:
+            raise CliError(f"domain {domain} is not hosted here (server.domains)")
+        if domain not in domains:
+            domains.append(domain)
+    return domains
+
+
+def _configure_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--domain", action="append", metavar="DOMAIN",
+                        help="export only this hosted domain (repeatable; default: every one)")
+    parser.add_argument("path", metavar="FILE_OR_DIR",
+                        help="the file to write; a folder (existing, or a path ending in /) gets "
+                             "server-data.xml, HOST.xml and HOST/USER.xml (XEP-0227 section 5.1)")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from tigasepy.admin.portability import ExportWriter, PortabilityError, read_user_txn
+
+    config = _load(args)
+    domains = _hosted(config, args.domain)
+    path = Path(args.path)
+    directory = args.path.endswith(("/", os.sep)) or path.is_dir()
+    with _database(config) as db:
+        try:
+            writer = ExportWriter(path, directory)
+        except PortabilityError as e:
+            raise CliError(str(e)) from None
+        try:
+            for domain in domains:
+                writer.begin_host(domain)
+                for jid in db.run(sql_accounts.list_accounts_txn, domain):
+                    writer.write_user(db.run(read_user_txn, jid))
+                writer.end_host()
+            writer.close()
+        except BaseException as e:
+            if not directory:
+                writer.abandon()
+            if isinstance(e, PortabilityError):
+                raise CliError(str(e)) from None
+            raise
+    _out(f"exported {writer.users} account(s) of {len(domains)} host(s) to {writer.main_path}")
+    return 0
+
+
+def _configure_import(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE",
+                        help="XEP-0227 files with <server-data/> at the root (XIncludes are followed)")
+    parser.add_argument("--domain", action="append", metavar="DOMAIN",
+                        help="import only this domain's <host/> (repeatable; default: every host)")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="leave accounts that exist here as they are (default: refuse to start)")
+    existing.add_argument("--replace", action="store_true",
+                          help="delete an existing account with all its data, then import it")
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from tigasepy.admin import portability as pie
+
+    config = _load(args)
+    only = _hosted(config, args.domain) if args.domain else None
+    try:
+        report = pie.load_import(args.files, domains=only)
+    except pie.PortabilityError as e:
+        raise CliError(str(e)) from None
+    foreign = [host for host in report.hosts if host not in config.server.domains]
+    if foreign:
+        raise CliError(f"the import holds host(s) not hosted here: {', '.join(foreign)} "
+                       "(add them to server.domains, or pick hosts with --domain); nothing was imported")
+    if not report.users:
+        _out("no accounts in the import")
+        return 0
+    converted = sum(1 for user in report.users if user.password is not None)
+    try:
+        for user in report.users:
+            pie.derive_credentials(user, config.auth.scram_hashes, config.auth.scram_iterations)
+    except pie.PortabilityError as e:
+        raise CliError(f"{e}; nothing was imported") from None
+    mode = pie.SKIP if args.skip_existing else pie.REPLACE if args.replace else pie.REFUSE
+    outcomes: dict[str, int] = {"imported": 0, "replaced": 0, "skipped": 0}
+    with _database(config) as db:
+        if mode == pie.REFUSE:
+            taken = [u.jid for u in report.users if db.run(sql_accounts.account_exists_txn, u.jid)]
+            if taken:
+                raise CliError(f"{len(taken)} account(s) exist here already ({', '.join(taken[:3])}"
+                               f"{', ...' if len(taken) > 3 else ''}): pass --skip-existing or --replace; "
+                               "nothing was imported")
+        now = time.time()
+        for user in report.users:
+            try:
+                outcome = db.run(pie.import_user_txn, user, mode, now)
+            except AccountExists:
+                raise CliError(f"user {user.jid} exists (created meanwhile); {outcomes['imported']} "
+                               "account(s) imported before it: run again with --skip-existing") from None
+            except Exception as e:
+                raise CliError(f"user {user.jid}: {_one_line(e)}; its data was not imported, "
+                               f"{sum(outcomes.values())} account(s) before it were: run again with "
+                               "--skip-existing to go on") from None
+            outcomes[outcome] += 1
+    for note in report.notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    for what, count in sorted(report.ignored.items()):
+        print(f"{PROG}: note: ignored {what} ({count}x): tigasepy does not keep it", file=sys.stderr)
+    no_login = [u.jid for u in report.users if not u.credentials and "internal" in config.auth.chain_of(u.host)
+                and "ldap" not in config.auth.chain_of(u.host)]
+    if no_login:
+        print(f"{PROG}: note: {len(no_login)} account(s) came without usable credentials "
+              f"({', '.join(no_login[:3])}{', ...' if len(no_login) > 3 else ''}): set a password with "
+              f"'{PROG} user passwd'", file=sys.stderr)
+    _out(f"imported {outcomes['imported'] + outcomes['replaced']} account(s) of {len(report.hosts)} host(s) "
+         f"({outcomes['imported']} new, {outcomes['replaced']} replaced, {outcomes['skipped']} skipped); "
+         f"{converted} plaintext password(s) turned into SCRAM keys")
+    return 0
+
+
 # --- the registry and main ------------------------------------------------------------------
 
 #: Every top-level subcommand, in help order. Add new ones here.
@@ -308,6 +435,10 @@ COMMANDS: tuple[Command, ...] = (
             _configure_init, _run_init),
     Command("user", "manage accounts: add, passwd, del, list", _configure_user),
     Command("db", "database maintenance: upgrade", _configure_db),
+    Command("export", "write accounts and their data to a XEP-0227 file or folder", _configure_export,
+            _run_export),
+    Command("import", "read accounts and their data from XEP-0227 files (ejabberd, Prosody, tigasepy)",
+            _configure_import, _run_import),
 )
 
 
