@@ -163,7 +163,7 @@ async def test_a_privacy_list_blocks_messages_from_strangers(clients: ClientPool
     carol = await online(clients, "carol", "c")
     await befriend(alice, bob)
     for payload in (f"<list name='contacts-only'><item type='subscription' value='none' action='deny' order='1'>"
-                    f"<message/></item></list>", "<default name='contacts-only'/>"):
+                    "<message/></item></list>", "<default name='contacts-only'/>"):
         iq = alice.make_iq_set()
         iq.append(ET.fromstring(f"<query xmlns='{PRIVACY}'>{payload}</query>"))
         await iq.send(timeout=5)

@@ -229,7 +229,7 @@ def test_blocking_withdraws_presence_and_broadcasts_skip_the_blocked_contact(wor
     mutual(stores, ALICE, BOB)
     mutual(stores, ALICE, CAROL)
     bob, carol = login(world, f"{BOB}/b"), login(world, f"{CAROL}/c")
-    alice1, alice2 = login(world, f"{ALICE}/1"), login(world, f"{ALICE}/2")
+    alice1, _alice2 = login(world, f"{ALICE}/1"), login(world, f"{ALICE}/2")
     bob.take(), carol.take()
     block(world, alice1, BOB)
     assert summary(presences(bob)) == [("unavailable", f"{ALICE}/1", BOB), ("unavailable", f"{ALICE}/2", BOB)]

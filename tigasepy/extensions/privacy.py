@@ -230,16 +230,19 @@ class Privacy:
 
     # -- enforcement --------------------------------------------------------------------
     def _inbound(self, event: StanzaEvent) -> Any:
-        owner = event.to.userhost()
-        return self._with_state(owner, lambda state: self._check_inbound(event, owner, state))
+        to, sender = event.to, event.sender
+        if to is None or sender is None:   # the SM filters only stanzas with both
+            return PASS
+        owner = to.userhost()
+        return self._with_state(owner, lambda state: self._check_inbound(event, owner, to, sender, state))
 
-    def _check_inbound(self, event: StanzaEvent, owner: str, state: _Account) -> Any:
+    def _check_inbound(self, event: StanzaEvent, owner: str, to: JID, sender: JID, state: _Account) -> Any:
         if not state.lists:
             return PASS
-        names = self._inbound_lists(owner, state, event.to)
+        names = self._inbound_lists(owner, state, to)
         if names is None:
             return PASS
-        return self._decide(owner, state, names, inbound_kind(event.stanza), event.sender,
+        return self._decide(owner, state, names, inbound_kind(event.stanza), sender,
                             lambda item: self._deny_inbound(event))
 
     def _inbound_lists(self, owner: str, state: _Account, to: JID) -> list[str] | None:
@@ -261,18 +264,20 @@ class Privacy:
         stanza = event.stanza
         if event.session is None and (stanza.getAttribute("type") == "error" or stanza in self._exempt):
             return PASS
-        owner = event.sender.userhost()
-        return self._with_state(owner, lambda state: self._check_outbound(event, owner, state))
+        to, sender = event.to, event.sender
+        if to is None or sender is None:   # the SM filters only stanzas with both
+            return PASS
+        owner = sender.userhost()
+        return self._with_state(owner, lambda state: self._check_outbound(event, owner, to, sender, state))
 
-    def _check_outbound(self, event: StanzaEvent, owner: str, state: _Account) -> Any:
+    def _check_outbound(self, event: StanzaEvent, owner: str, to: JID, sender: JID, state: _Account) -> Any:
         if not state.lists:
             return PASS
-        session = event.session or (self._host.session(event.sender.full())
-                                    if event.sender.resource is not None else None)
+        session = event.session or (self._host.session(sender.full()) if sender.resource is not None else None)
         name = (session.data.get(ACTIVE) if session is not None else None) or state.default
         if name is None:
             return PASS
-        return self._decide(owner, state, [name], outbound_kind(event.stanza), event.to,
+        return self._decide(owner, state, [name], outbound_kind(event.stanza), to,
                             lambda item: self._deny_outbound(event, item))
 
     def _decide(self, owner: str, state: _Account, names: list[str], kind: str | None, peer: JID,

@@ -273,6 +273,8 @@ class SessionManager(service.Service):
             to = self.parse_jid(to_text)
         except InvalidFormat:
             return None
+        if sender is None or to is None:
+            return None
         if sender.user is None or sender.host not in self._domain_set:
             return None
         if to.user is None and to.resource is None and to.host in self._domain_set:
@@ -327,7 +329,7 @@ class SessionManager(service.Service):
 
     def _deliver_event(self, event: StanzaEvent) -> None:
         to = event.to
-        if (to.user is not None and event.sender is not None
+        if (to is not None and to.user is not None and event.sender is not None
                 and event.sender.userhost() != to.userhost()):
             self._filter(events.InboundFilter, event, self._to_local)
         else:
