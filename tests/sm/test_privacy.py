@@ -285,3 +285,30 @@ def test_blocking_keeps_the_privacy_items_of_the_default_list(world, stores):
     items = stores[IPrivacyStore].get_all(ALICE).result.lists["public"]
     assert items == (PrivacyItem(order=2, action="allow", type="jid", value="x@example.com"),
                      PrivacyItem(order=3, action="deny", kinds=frozenset({"iq"})))
+
+
+def test_limits_at_and_past_the_edge(stores):
+    world = make_world(stores, extra=((Privacy, PrivacyConfig(max_items=2, max_name_length=5)),))
+    alice = login(world, f"{ALICE}/a")
+    two = "<item action='deny' order='1'><iq/></item><item action='allow' order='2'/>"
+    assert put_list(world, alice, "fives", two)["type"] == "result"
+    assert condition(put_list(world, alice, "sixsix", two, iq_id="l2")) == "bad-request"
+    assert condition(put_list(world, alice, "x", two + "<item action='deny' order='3'/>", iq_id="l3")) \
+        == "policy-violation"
+    block = f"<block xmlns='{BLOCKING}'><item jid='{BOB}'/><item jid='{CAROL}'/></block>"
+    assert iq(world, alice, "set", block, "b1")["type"] == "result"
+    more = f"<block xmlns='{BLOCKING}'><item jid='dave@example.org'/></block>"
+    assert condition(iq(world, alice, "set", more, "b2")) == "policy-violation"
+
+
+def test_evicted_accounts_are_enforced_from_storage(stores):
+    world = make_world(stores, extra=((Privacy, PrivacyConfig(cache_size=1)), (MessageDelivery, None)))
+    alice, bob = login(world, f"{ALICE}/a"), login(world, f"{BOB}/b")
+    carol = login(world, f"{CAROL}/c")
+    iq(world, alice, "set", f"<block xmlns='{BLOCKING}'><item jid='{CAROL}'/></block>", "b1")
+    iq(world, bob, "set", f"<block xmlns='{BLOCKING}'><item jid='{CAROL}'/></block>", "b2")
+    assert len(world.sm.extensions["privacy"][0]._cache) == 1
+    chat(world, carol, ALICE, "1")
+    chat(world, carol, BOB, "2")
+    assert messages(alice) == [] and messages(bob) == []
+    assert [condition(s) for s in carol.take() if s.name == "message"] == ["service-unavailable"] * 2
