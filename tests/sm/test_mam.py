@@ -545,36 +545,57 @@ def test_a_query_finds_what_was_just_archived_on_a_slow_store(stores):
 
 
 class SlowAppends:
-    """An archive store whose appends complete only when released, one by one in order."""
+    """An archive store whose writes complete only when released, one by one in order."""
 
     def __init__(self, store):
         self._store = store
         self.waiting = []
 
-    def append(self, *args):
+    def append_many(self, rows):
         d = defer.Deferred()
-        self.waiting.append((d, args))
+        self.waiting.append((d, rows))
         return d
+
+    def release_one(self):
+        d, rows = self.waiting.pop(0)
+        self._store.append_many(rows).chainDeferred(d)
 
     def release_all(self):
         while self.waiting:
-            d, args = self.waiting.pop(0)
-            self._store.append(*args).chainDeferred(d)
+            self.release_one()
 
     def __getattr__(self, name):
         return getattr(self._store, name)
 
 
-def test_writes_of_one_account_are_issued_one_after_another(stores):
+def test_writes_queue_while_one_is_in_flight_and_go_together_in_order(stores):
     slow = SlowAppends(stores[IArchiveStore])
     stores[IArchiveStore] = slow
     world = make_world(stores)
     alice, _bob = online(world, f"{ALICE}/a"), online(world, f"{BOB}/b")
     send_many(world, alice, BOB, 3)
-    assert [args[0] for _d, args in slow.waiting] == [ALICE, BOB], "one pending write per account"
+    assert [[(r[0], r[4].count("m0")) for r in rows] for _d, rows in slow.waiting] == [[(ALICE, 1)]], \
+        "one write in flight"
+    slow.release_one()
+    [(_d, rows)] = slow.waiting
+    assert [r[0] for r in rows] == [BOB, ALICE, BOB, ALICE, BOB], "the rest in one transaction, in order"
     slow.release_all()
     assert [str(parse_stanza(m.xml).body) for m in archive(stores, ALICE)] == ["m0", "m1", "m2"]
     assert [str(parse_stanza(m.xml).body) for m in archive(stores, BOB)] == ["m0", "m1", "m2"]
+
+
+def test_a_failed_write_is_logged_and_later_writes_go_on(stores):
+    slow = SlowAppends(stores[IArchiveStore])
+    stores[IArchiveStore] = slow
+    world = make_world(stores)
+    alice, _bob = online(world, f"{ALICE}/a"), online(world, f"{BOB}/b")
+    send_many(world, alice, BOB, 2)
+    d, _rows = slow.waiting.pop(0)
+    d.errback(RuntimeError("disk full"))
+    slow.release_all()
+    assert [str(parse_stanza(m.xml).body) for m in archive(stores, ALICE)] == ["m1"]
+    _reply, results = query(world, alice)
+    assert bodies(results) == ["m1"]
 
 
 def test_the_query_form_lists_the_fields(world):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 from zope.interface.verify import verifyObject
 
@@ -30,6 +31,33 @@ async def test_messages_come_back_in_archive_order_with_everything_stored(stores
     found = await store.query(OWNER, ALL, 10)
     assert found == [ArchivedMessage(id=f"{OWNER}-m{n}", seq=s, with_jid="bob@example.org/phone",
                                      stamp=1000.0 + n, xml=f"<message id='{n}'/>") for n, s in enumerate(seqs)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_append_many_stores_rows_in_order_in_one_go(stores):
+    store = stores.get(IArchiveStore)
+    first = await store.append(OWNER, "before", "bob@example.org", 1.0, "<m n='0'/>")
+    rows = [(OWNER, "a", "bob@example.org/x", 2.0, "<m n='1'/>"), ("bob@example.org", "a", OWNER, 2.0, "<m/>"),
+            (OWNER, "b", "carol@example.org", 3.0, "<m n='2'/>")]
+    assert await store.append_many(rows) == 3
+    assert await store.append_many([]) == 0
+    found = await store.query(OWNER, ALL, 10)
+    assert [(m.id, m.with_jid, m.stamp, m.xml) for m in found] == [
+        ("before", "bob@example.org", 1.0, "<m n='0'/>"), ("a", "bob@example.org/x", 2.0, "<m n='1'/>"),
+        ("b", "carol@example.org", 3.0, "<m n='2'/>")]
+    assert found[0].seq == first and found[0].seq < found[1].seq < found[2].seq
+    assert [m.id for m in await store.query(OWNER, ArchiveQuery(with_jid="bob@example.org"), 10)] == ["before", "a"]
+    assert await store.count("bob@example.org", ALL) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_append_many_with_a_known_id_stores_nothing(stores):
+    store = stores.get(IArchiveStore)
+    await store.append(OWNER, "taken", "bob@example.org", 1.0, "<m/>")
+    with pytest.raises(Exception):
+        await store.append_many([(OWNER, "new", "bob@example.org", 2.0, "<m/>"),
+                                 (OWNER, "taken", "bob@example.org", 3.0, "<m/>")])
+    assert [m.id for m in await store.query(OWNER, ALL, 10)] == ["taken"]
 
 
 @pytest_twisted.ensureDeferred

@@ -242,6 +242,10 @@ class IArchiveStore(Interface):
         ``id`` must be new in that archive.
         """
 
+    def append_many(rows: list[tuple[str, str, str, float, str]]) -> Any:
+        """Store ``(owner, id, with_jid, stamp, xml)`` rows in one transaction, in list order
+        (each at the end of its owner's archive); fires with how many were stored."""
+
     def positions(owner: str, ids: list[str]) -> Any:
         """Fires with a dict from each of ``ids`` found in ``owner``'s archive to its ``seq``."""
 

@@ -298,6 +298,20 @@ class MemoryArchiveStore:
         ids[id] = message.seq
         return defer.succeed(message.seq)
 
+    def append_many(self, rows: list[tuple[str, str, str, float, str]]) -> "defer.Deferred[int]":
+        """See ``IArchiveStore.append_many``; all or nothing, as in SQL."""
+        seen: set[tuple[str, str]] = set()
+        for owner, id_, *_rest in rows:
+            if id_ in self._ids.get(owner, ()) or (owner, id_) in seen:
+                return defer.fail(ValueError(f"archive id {id_!r} exists"))
+            seen.add((owner, id_))
+        for owner, id_, with_jid, stamp, xml in rows:
+            seq = next(self._seqs)
+            self._archives.setdefault(owner, []).append(
+                ArchivedMessage(id=id_, seq=seq, with_jid=with_jid, stamp=float(stamp), xml=xml))
+            self._ids.setdefault(owner, {})[id_] = seq
+        return defer.succeed(len(rows))
+
     def positions(self, owner: str, ids: list[str]) -> "defer.Deferred[dict[str, int]]":
         """See ``IArchiveStore.positions``."""
         known = self._ids.get(owner, {})

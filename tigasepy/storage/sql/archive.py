@@ -60,6 +60,18 @@ def append_txn(cursor: Any, engine: DatabaseEngine, owner: str, id: str, with_ji
         (owner, id, with_bare, with_jid, float(stamp), xml), id_column="seq")
 
 
+def append_many_txn(cursor: Any, engine: DatabaseEngine,
+                    rows: Sequence[tuple[str, str, str, float, str]]) -> int:
+    """Store ``(owner, id, with_jid, stamp, xml)`` rows in list order; returns how many."""
+    if not rows:
+        return 0
+    cursor.executemany(engine.sql(
+        "INSERT INTO archive (owner, id, with_bare, with_full, stamp, xml) VALUES (?, ?, ?, ?, ?, ?)"),
+        [(owner, id_, with_jid.partition("/")[0], with_jid, float(stamp), xml)
+         for owner, id_, with_jid, stamp, xml in rows])
+    return len(rows)
+
+
 def positions_txn(cursor: Any, engine: DatabaseEngine, owner: str, ids: Sequence[str]) -> dict[str, int]:
     """The ``seq`` of each of ``ids`` present in ``owner``'s archive."""
     found: dict[str, int] = {}
@@ -160,6 +172,10 @@ class SqlArchiveStore:
         """See ``IArchiveStore.append``."""
         return self._db.run_interaction("archive_append", append_txn, self._db.engine, owner, id,
                                         with_jid, stamp, xml)
+
+    def append_many(self, rows: list[tuple[str, str, str, float, str]]) -> "defer.Deferred[int]":
+        """See ``IArchiveStore.append_many``."""
+        return self._db.run_interaction("archive_append_many", append_many_txn, self._db.engine, list(rows))
 
     def positions(self, owner: str, ids: list[str]) -> "defer.Deferred[dict[str, int]]":
         """See ``IArchiveStore.positions``."""
