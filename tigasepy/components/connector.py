@@ -416,7 +416,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
                         help="file whose first line is the shared secret (never on the command line)")
     parser.add_argument("--options", help="TOML file with the component's own options (its config_type)")
     parser.add_argument("--tls", action="store_true", help="direct TLS to the component port")
-    parser.add_argument("--ca-file", default="", help="PEM certificate(s) to trust for --tls")
+    parser.add_argument("--ca-file", default="", help="a PEM CA certificate to trust for --tls (default: the system's CAs)")
     parser.add_argument("--max-delay", type=float, default=60.0, help="longest reconnect delay in seconds")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     return parser.parse_args(argv)
@@ -442,6 +442,9 @@ def main(argv: list[str] | None = None) -> None:
     from tigasepy.config import ConfigError
 
     args = _parse_args(sys.argv[1:] if argv is None else argv)
+    if not args.domain or any(c in args.domain for c in "@/ "):
+        print(f"error: --domain {args.domain!r} is not a domain name", file=sys.stderr)
+        raise SystemExit(2)
     try:
         cls, config, secret = _load(args)
     except (ConfigError, OSError, tomllib.TOMLDecodeError) as e:
