@@ -370,3 +370,40 @@ def test_the_stream_is_an_icomponent():
 
     verifyClass(IComponent, ComponentAcceptStream)
     verifyClass(IComponent, UnavailableComponent)
+
+
+# -- reconfiguration (config reload) -----------------------------------------------------------
+
+def test_reconfigure_adds_removes_and_resets_only_what_changed():
+    from tigasepy.components import ExternalComponentConfig
+
+    world = AcceptWorld(domains=("keep.example.org", "drop.example.org", "rekey.example.org"))
+    keep, drop, rekey = world.connect(), world.connect(), world.connect()
+    keep.authenticate("keep.example.org")
+    drop.authenticate("drop.example.org")
+    rekey.authenticate("rekey.example.org")
+    half = world.connect()
+    half.open("drop.example.org")
+    world.factory.reconfigure(replace(ComponentListenerConfig(), keepalive_s=0), [
+        ExternalComponentConfig("keep", "keep.example.org", SECRET),
+        ExternalComponentConfig("rekey", "rekey.example.org", "new-secret"),
+        ExternalComponentConfig("new", "new.example.org", SECRET),
+    ])
+    for conn in (keep, drop, rekey, half):
+        conn.output()
+    assert not keep.closed and keep.view.stream_error() is None
+    assert drop.view.stream_error() == "host-gone" and half.view.stream_error() == "host-gone"
+    assert rekey.view.stream_error() == "reset"
+    assert world.router.destination("keep.example.org") is keep.stream
+    assert world.router.destination("drop.example.org") is None
+    assert isinstance(world.router.destination("rekey.example.org"), UnavailableComponent)
+    assert isinstance(world.router.destination("new.example.org"), UnavailableComponent)
+    again = world.connect()
+    again.authenticate("rekey.example.org", secret="new-secret")
+    assert world.router.destination("rekey.example.org") is again.stream
+    new = world.connect()
+    new.authenticate("new.example.org")
+    assert world.factory.is_connected("new.example.org")
+    gone = world.connect()
+    gone.open("drop.example.org")
+    assert gone.view.stream_error() == "host-unknown"

@@ -401,6 +401,35 @@ class ComponentAcceptFactory(protocol.Factory):
         for stream in list(self.streams):
             stream.close(condition, "The server is shutting down")
 
+    def reconfigure(self, config: ComponentListenerConfig, components: Iterable[ExternalComponentConfig]) -> None:
+        """Apply a reloaded ``[components]`` without touching unaffected connections.
+
+        New limits apply to connections made from now on. A domain no longer configured is
+        closed with ``host-gone`` and its route given up; one whose secret changed is closed
+        with ``reset`` (it must authenticate again); new domains are held until they connect.
+        """
+        self.config = config
+        new = {c.domain: c for c in components}
+        for domain, old in list(self.components.items()):
+            stream = self.connected.get(domain)
+            if domain not in new:
+                if stream is not None:
+                    stream.close("host-gone", "This component is no longer configured")
+                del self._placeholders[domain]
+                if self.attached:
+                    self.router.remove_route(domain)
+            elif new[domain].secret != old.secret and stream is not None:
+                stream.close("reset", "The component's secret changed")
+        for stream in list(self.streams):
+            if stream.state != _State.READY and stream.domain and stream.domain not in new:
+                stream.close("host-gone", "This component is no longer configured")
+        self.components = new
+        for domain in new:
+            if domain not in self._placeholders:
+                self._placeholders[domain] = UnavailableComponent(domain, self.router)
+                if self.attached:
+                    self.router.add_route(domain, self._placeholders[domain])
+
     def connection_opened(self, stream: ComponentAcceptStream) -> None:
         self.streams.add(stream)
         self.unauthenticated += 1
