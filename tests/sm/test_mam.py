@@ -677,6 +677,14 @@ def test_bad_prefs_are_bad_request_and_change_nothing(world, stores, body):
     assert stores[IArchiveStore].get_prefs(ALICE).result is None
 
 
+def test_prefs_lists_are_bounded(world, stores):
+    alice = online(world, f"{ALICE}/a")
+    jids = "".join(f"<jid>u{n}@example.org</jid>" for n in range(1001))
+    reply = prefs(world, alice, "set", f"default='always'><never>{jids}</never></prefs>")
+    assert condition(reply) == "not-acceptable"
+    assert stores[IArchiveStore].get_prefs(ALICE).result is None
+
+
 def test_never_list_is_honoured_in_both_directions(world, stores):
     alice, bob = online(world, f"{ALICE}/a"), online(world, f"{BOB}/b")
     prefs(world, alice, "set", f"default='always'><never><jid>{BOB}</jid></never></prefs>")

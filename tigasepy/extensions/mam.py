@@ -91,6 +91,7 @@ PRIORITY = -50
 _MODES = ("always", "never", "roster")
 _FORM_FIELDS = ("with", "start", "end", "before-id", "after-id", "ids")
 _MAX_IDS = 1000
+_MAX_PREFS_JIDS = 1000
 _PREFS_CACHE = 4096
 _CONTENT = (None, ns.CLIENT, ns.SERVER)
 
@@ -180,8 +181,20 @@ def parse_stamp(text: str) -> float:
     return moment.astimezone(timezone.utc).timestamp()
 
 
-def _jid_matches(listed: str, other: str, other_bare: str) -> bool:
-    return listed == other if "/" in listed else listed == other_bare
+class _Rules:
+    """An account's preferences, compiled for one set lookup per list and message."""
+
+    __slots__ = ("prefs", "always", "never")
+
+    def __init__(self, prefs: ArchivePrefs) -> None:
+        self.prefs = prefs
+        self.always = frozenset(prefs.always)
+        self.never = frozenset(prefs.never)
+
+    @staticmethod
+    def listed(jids: frozenset[str], other: str, other_bare: str) -> bool:
+        """XEP-0441 JID matching: a listed bare JID matches every resource of it."""
+        return other_bare in jids or (other != other_bare and other in jids)
 
 
 @dataclass
@@ -280,7 +293,7 @@ class MessageArchive:
         self._host = host
         self._store = host.store(IArchiveStore)
         self._roster = host.store(IRosterStore)
-        self._prefs: collections.OrderedDict[str, ArchivePrefs | None] = collections.OrderedDict()
+        self._prefs: collections.OrderedDict[str, _Rules | None] = collections.OrderedDict()
         self._loading: dict[str, defer.Deferred] = {}
         self._decisions = _Sequencer()
         self._queued: list[tuple[str, str, str, float, str]] = []
@@ -325,9 +338,7 @@ class MessageArchive:
             if yes:
                 uid = self._new_uid()
                 stanza = event.stanza
-                xml = to_xml(stanza)
-                if not stanza.getAttribute("to"):
-                    xml = to_xml(_with_to(stanza, owner))
+                xml = to_xml(stanza if stanza.getAttribute("to") else _with_to(stanza, owner))
                 event.extra.setdefault(ARCHIVE_IDS, {})[owner] = uid
                 self._append(owner, uid, other, self._host.clock.seconds(), xml)
             return PASS
@@ -412,8 +423,8 @@ class MessageArchive:
         self._inflight = None
         self._done += len(rows)
         if self._config.max_messages_per_user:
-            for owner in dict.fromkeys(row[0] for row in rows):
-                self._retain(owner, sum(1 for row in rows if row[0] == owner))
+            for owner, added in collections.Counter(row[0] for row in rows).items():
+                self._retain(owner, added)
         self._wake()
         self._flush()
 
@@ -468,7 +479,7 @@ class MessageArchive:
         if owner in self._prefs:          # (evicted first in, first out)
             return self._decide(owner, self._prefs[owner], other)
         d = self._load_prefs(owner)
-        d.addCallback(lambda prefs: self._decide(owner, prefs, other))
+        d.addCallback(lambda _prefs: self._decide(owner, self._prefs.get(owner), other))
         d.addErrback(self._undecided, owner)
         return d
 
@@ -500,18 +511,18 @@ class MessageArchive:
 
     def _remember(self, owner: str, prefs: ArchivePrefs | None) -> None:
         self._prefs.pop(owner, None)
-        self._prefs[owner] = prefs
+        self._prefs[owner] = _Rules(prefs) if prefs is not None else None
         while len(self._prefs) > _PREFS_CACHE:
             self._prefs.popitem(last=False)
 
-    def _decide(self, owner: str, prefs: ArchivePrefs | None, other: str) -> Any:
+    def _decide(self, owner: str, rules: _Rules | None, other: str) -> Any:
         other_bare = other.partition("/")[0]
-        if prefs is not None:
-            if any(_jid_matches(j, other, other_bare) for j in prefs.never):
+        if rules is not None:
+            if rules.listed(rules.never, other, other_bare):
                 return False
-            if any(_jid_matches(j, other, other_bare) for j in prefs.always):
+            if rules.listed(rules.always, other, other_bare):
                 return True
-        mode = prefs.default if prefs is not None else self._config.default
+        mode = rules.prefs.default if rules is not None else self._config.default
         if mode == "always" or (mode == "roster" and other_bare == owner):
             return True
         if mode == "never":
@@ -526,7 +537,8 @@ class MessageArchive:
             return _prefs_element(prefs or ArchivePrefs(default=self._config.default))
 
         if owner in self._prefs:
-            return _answer(self._prefs[owner])
+            rules = self._prefs[owner]
+            return _answer(rules.prefs if rules is not None else None)
         return self._load_prefs(owner).addCallback(_answer)
 
     async def _set_prefs(self, event: StanzaEvent) -> domish.Element:
@@ -546,9 +558,11 @@ class MessageArchive:
                     jid = None
                 if jid is None:
                     raise StanzaError("bad-request", "not a JID in the preferences")
-                if jid.full() not in lists[child.name]:
-                    lists[child.name].append(jid.full())
-        prefs = ArchivePrefs(default=default, always=tuple(lists["always"]), never=tuple(lists["never"]))
+                lists[child.name].append(jid.full())
+        always, never = (tuple(dict.fromkeys(lists[name])) for name in ("always", "never"))
+        if len(always) > _MAX_PREFS_JIDS or len(never) > _MAX_PREFS_JIDS:
+            raise StanzaError("not-acceptable", f"at most {_MAX_PREFS_JIDS} JIDs per list")
+        prefs = ArchivePrefs(default=default, always=always, never=never)
         await self._store.set_prefs(owner, prefs)
         self._remember(owner, prefs)
         return _prefs_element(prefs)
