@@ -111,8 +111,7 @@ class TigaseService(service.MultiService):
         self.authentication = build_authentication(config, self.stores, reactor)
         self.authentication.attach(self.sm)
         self.auth = self.authentication.service
-        cert, key = tls.ensure_certificate(config)
-        self.tls_context = tls.server_context_factory(cert, key)
+        self.tls_context = tls.server_context_for(config)    # [tls]; [hosts."D"] certificates by SNI
         self.c2s_connections: set[Any] = set()
         # XEP-0198 sessions resume on either client listener.
         self.c2s_resumption = ResumptionRegistry(self.sm, reactor, config.c2s.stream_management)

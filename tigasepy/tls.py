@@ -4,6 +4,9 @@
   start in the data directory (the all-in-one deployment of ARCHITECTURE.md section 5).
 - ``server_context_factory``: one pyOpenSSL context factory for both STARTTLS (RFC 6120 5)
   and direct TLS (XEP-0368), TLS 1.2 minimum.
+- ``server_context_for``: the server's context for a ``Config``: the ``[tls]`` (or generated)
+  certificate, and each virtual host's own (``[hosts."DOMAIN"] certificate``) chosen by the
+  name the client asks for (TLS SNI, ``with_sni``).
 - ``channel_binding``: what SASL ``-PLUS`` mechanisms bind to on a finished handshake:
   ``tls-exporter`` (RFC 9266), ``tls-server-end-point`` and ``tls-unique`` (RFC 5929).
 """
@@ -38,6 +41,8 @@ __all__ = [
     "ensure_certificate",
     "generate_self_signed",
     "server_context_factory",
+    "server_context_for",
+    "with_sni",
 ]
 
 _log = Logger()
@@ -229,6 +234,7 @@ def server_context_factory(
     key_path: Path | str,
     *,
     alpn: tuple[bytes, ...] = (ALPN_XMPP_CLIENT,),
+    option_path: tuple[str, ...] = ("tls",),
 ) -> CertificateOptions:
     """A server TLS context factory for STARTTLS and direct TLS.
 
@@ -246,6 +252,7 @@ def server_context_factory(
         key_path: PEM file with the unencrypted private key.
         alpn: the ALPN protocol ids to accept, preferred first (XEP-0368: ``xmpp-client``
             for c2s, ``xmpp-server`` for s2s); empty turns ALPN off.
+        option_path: the config table the files come from, for errors (``("hosts", "a.org")``).
 
     Raises:
         ConfigError: a file cannot be read or parsed, or the key does not match.
@@ -254,17 +261,17 @@ def server_context_factory(
     try:
         chain = x509.load_pem_x509_certificates(cert_path.read_bytes())
     except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot load the certificate {cert_path}: {e}", ("tls", "certificate")) from None
+        raise ConfigError(f"cannot load the certificate {cert_path}: {e}", option_path + ("certificate",)) from None
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as e:
-        raise ConfigError(f"cannot load the private key {key_path}: {e}", ("tls", "private_key")) from None
+        raise ConfigError(f"cannot load the private key {key_path}: {e}", option_path + ("private_key",)) from None
     if chain[0].public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ) != key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ):
-        raise ConfigError(f"the private key {key_path} does not match {cert_path}", ("tls", "private_key"))
+        raise ConfigError(f"the private key {key_path} does not match {cert_path}", option_path + ("private_key",))
     return CertificateOptions(
         # pyOpenSSL takes cryptography objects directly (its own X509/PKey are deprecated).
         privateKey=key,
@@ -273,6 +280,67 @@ def server_context_factory(
         raiseMinimumTo=TLSVersion.TLSv1_2,
         acceptableProtocols=list(alpn) or None,
     )
+
+
+def host_certificates(config: Config) -> dict[str, tuple[Path, Path]]:
+    """The virtual hosts with a certificate of their own: domain -> (certificate, private key).
+
+    Paths are relative to the config file's folder.
+
+    Raises:
+        ConfigError: a configured file does not exist.
+    """
+    base = Path(config.source).parent if config.source else Path.cwd()
+    out = {}
+    for domain, host in config.hosts.items():
+        if not host.certificate:
+            continue
+        paths = []
+        for name, option in ((host.certificate, "certificate"), (host.private_key, "private_key")):
+            path = base / Path(name).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"no such file: {path}", ("hosts", domain, option))
+            paths.append(path)
+        out[domain] = (paths[0], paths[1])
+    return out
+
+
+def server_context_for(config: Config, *, alpn: tuple[bytes, ...] = (ALPN_XMPP_CLIENT,)) -> CertificateOptions:
+    """The server's TLS context factory for ``config``.
+
+    The certificate of ``[tls]`` (or the generated one, ``ensure_certificate``) by default;
+    a client that names a virtual host with a certificate of its own (``[hosts."DOMAIN"]
+    certificate``/``private_key``) in its TLS server name indication gets that one.
+
+    Raises:
+        ConfigError: a certificate or key file is missing, unreadable or mismatched.
+    """
+    cert, key = ensure_certificate(config)
+    default = server_context_factory(cert, key, alpn=alpn)
+    by_name = {domain: server_context_factory(c, k, alpn=alpn, option_path=("hosts", domain))
+               for domain, (c, k) in host_certificates(config).items()}
+    return with_sni(default, by_name) if by_name else default
+
+
+def with_sni(default: CertificateOptions, by_name: dict[str, CertificateOptions]) -> CertificateOptions:
+    """``default``, switching each connection to ``by_name[server name]`` when the client's
+    TLS server name indication (RFC 6066 section 3) is one of its keys (compared
+    case-insensitively, IDNs as A-labels); any other name, or none, keeps ``default``.
+
+    Returns ``default`` itself (its context gets the servername callback).
+    """
+    contexts = {_ascii_domain(name).lower().rstrip("."): options.getContext() for name, options in by_name.items()}
+
+    def choose(connection: SSL.Connection) -> None:
+        name = connection.get_servername()
+        if not name:
+            return
+        context = contexts.get(name.decode("ascii", "replace").lower().rstrip("."))
+        if context is not None:
+            connection.set_context(context)
+
+    default.getContext().set_tlsext_servername_callback(choose)
+    return default
 
 
 # --- channel binding ---------------------------------------------------------------------
