@@ -38,6 +38,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 #: The tigasepy source the server runs from (``--server-tree``; the tool always runs from REPO).
 SERVER_TREE = [REPO]
+#: Keep tigasepy's default message archiving (XEP-0313) on (``--archive``).
+ARCHIVE = [False]
+NO_ARCHIVE = """
+# Prosody and ejabberd run here without message archiving: so does tigasepy (--archive keeps it).
+[extensions.mam]
+enabled = false
+"""
 PYTHON = sys.executable
 DOMAIN = "localhost"
 PASSWORD = "password"
@@ -126,7 +133,7 @@ backend = "sqlite"
 
 [auth]
 scram_iterations = 4096
-""")
+{"" if ARCHIVE[0] else NO_ARCHIVE}""")
         env = dict(os.environ, PYTHONPATH=str(SERVER_TREE[0]))
         subprocess.run([PYTHON, str(REPO / "benchmarks" / "tigasepy_accounts.py"), str(config), str(users)],
                        check=True, env=env, cwd=str(self.dir))
@@ -398,7 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the servers' work folders")
     parser.add_argument("--server-tree", default="",
                         help="run the tigasepy server from this source folder (e.g. a `git archive` of a commit)")
+    parser.add_argument("--archive", action="store_true",
+                        help="keep tigasepy's message archive (MAM) on; the peers have none configured")
     args = parser.parse_args(argv)
+    ARCHIVE[0] = args.archive
     if args.server_tree:
         SERVER_TREE[0] = Path(args.server_tree).resolve()
     if args.quick:

@@ -7,7 +7,6 @@ runs once, small, through the same code the command line uses.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import subprocess

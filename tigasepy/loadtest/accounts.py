@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 from twisted.internet import defer
 
 from tigasepy.auth.scram import make_credential
-from tigasepy.storage.interfaces import AccountExists, IAccountStore, ScramCredential
+from tigasepy.storage.interfaces import AccountExists, ScramCredential
 
 
 class CredentialMaker:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 from xml.sax.saxutils import quoteattr
 
 from twisted.internet import defer, task
@@ -135,6 +135,7 @@ class Worker:
         self._next_index = spec.index_offset
         self.clients: list[LoadClient] = []
         self.measuring = False
+        self.closing = False
 
     # -- helpers ------------------------------------------------------------------------
     def sleep(self, seconds: float) -> defer.Deferred:
@@ -233,7 +234,7 @@ class Worker:
             c.closed.addCallback(self._lost, c)
 
     def _lost(self, why: str, client: LoadClient) -> None:
-        if not getattr(self, "closing", False):
+        if not self.closing:
             self.out.error("disconnect", f"{client.bare}: {why}")
             self.out.timeline.count(time.monotonic(), "disconnects")
 
