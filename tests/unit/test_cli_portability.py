@@ -232,3 +232,21 @@ def test_xincludes_of_the_directory_layout_are_followed_from_anywhere(run, db, t
     status, out, err = run("import", str(ejabberd_main_file(copy).relative_to(tmp_path)))
     assert status == 0, err
     assert len(db(sql_accounts.list_accounts_txn)) == 3
+
+
+def test_import_of_a_real_prosody_export(run, db, config_path):
+    """prosody-migrator (Prosody 0.12, mod_storage_xep0227) writes one file per user, repeats
+    identical <scram-credentials/> and puts subscription requests in the pie namespace."""
+    config_path.write_text(config_path.read_text().replace('"plain.test", "scram.test"', '"pros.test"'))
+    files = sorted(str(p) for p in (FIXTURES / "prosody-0.12").glob("*.xml"))
+    status, out, err = run("import", *files)
+    assert status == 0, err
+    assert "imported 2 account(s) of 1 host(s)" in out
+    assert "given more than once" in err
+    assert can_log_in(db, "alice@pros.test", "al1ce-pw") == ["SHA-1"]
+    assert can_log_in(db, "bob@pros.test", "b0b-pw") == ["SHA-1"]
+    assert db(pie.read_user_txn, "alice@pros.test").roster == [
+        RosterItem("bob@pros.test", "Bob", "both", groups=("Friends",)),
+        RosterItem("carol@elsewhere.test", pending_in=True, in_roster=False),
+        RosterItem("dave@elsewhere.test", None, "none", ask=True),
+    ]

@@ -384,7 +384,7 @@ class _Reader:
                         user.credentials.append(credential)
                 elif key == (ROSTER, "query"):
                     user.roster.extend(self._roster(child))
-                elif key == (CLIENT, "presence"):
+                elif key in ((CLIENT, "presence"), (PIE, "presence")):   # Prosody 0.12 omits jabber:client
                     contact = self._subscribe_request(child)
                     if contact is not None:
                         pending.append(contact)
@@ -402,9 +402,15 @@ class _Reader:
                     self._ignore_element(child)
             except PortabilityError as e:
                 raise PortabilityError(f"{where}: {e}") from None
-        names = [c.hash_name for c in user.credentials]
-        if len(set(names)) != len(names):
-            raise PortabilityError(f"{where}: two <scram-credentials/> for the same mechanism")
+        unique: dict[str, ScramCredential] = {}
+        for credential in user.credentials:
+            if unique.setdefault(credential.hash_name, credential) != credential:
+                raise PortabilityError(f"{where}: two different <scram-credentials/> for SCRAM-{credential.hash_name}")
+        if len(unique) != len(user.credentials):
+            note = "identical <scram-credentials/> given more than once (as Prosody 0.12 writes them); kept once"
+            if note not in self.report.notes:
+                self.report.notes.append(note)
+            user.credentials = list(unique.values())
         if pending:
             user.roster = _with_pending(user.roster, pending)
         return user
