@@ -3,6 +3,13 @@
 ``build_service(config, reactor)`` returns a ``TigaseService`` (a ``MultiService``)
 holding storage, the router, the session manager with its extensions, the
 authentication service and the c2s listeners. Nothing here touches a global reactor.
+
+``[server] roles`` decides which of them a process holds (ARCHITECTURE.md section 5):
+all of them by default; a connection-manager process (``roles = ["c2s"]``) has no
+storage, session manager or authentication, and its c2s relays to the session manager
+over the link it listens for (``router/link_cm.py``); the session-manager process dials
+its connection managers (``router/link_sm.py``). ``TigaseService.reload`` applies a new
+config without a restart (``tigasepy/reload.py``).
 """
 
 from __future__ import annotations
@@ -20,9 +27,13 @@ from tigasepy.c2s.stream_management import ResumptionRegistry
 from tigasepy.components import components_plan
 from tigasepy.components.connector import build_connector
 from tigasepy.components.external import ComponentAcceptFactory
-from tigasepy.config import Config, ConfigError
+from tigasepy.config import Config, ConfigError, parse_address
 from tigasepy.extensions import extensions_for
+from tigasepy.router.link import LinkSettings, link_tls_options, load_link_secret, tls_binding
+from tigasepy.router.link_cm import LinkedClientStreamFactory, LinkListenerFactory, RemoteSessionManager
+from tigasepy.router.link_sm import SessionManagerLinks
 from tigasepy.router.router import LocalDelivery, Router
+from tigasepy.s2s.build import build_federation
 from tigasepy.sm.manager import SessionManager
 from tigasepy.storage.factory import open_stores
 from tigasepy import tls
@@ -90,6 +101,16 @@ class TigaseService(service.MultiService):
         super().__init__()
         self.config = config
         self.reactor = reactor
+        #: Reads the config again for ``reload_from_source`` (tap.py adds its overrides).
+        self.config_loader: Any = None
+        self.listeners: list[ListenerService] = []
+        self.c2s_connections: set[Any] = set()
+        self.c2s_factories: list[ClientStreamFactory] = []
+        self.link: SessionManagerLinks | None = None        # sm role, [link] connect
+        self.remote_sm: RemoteSessionManager | None = None  # connection-manager role, [link] listen
+        if not config.has_role("sm"):
+            self._build_connection_manager(config, reactor)
+            return
         self.stores = open_stores(config, reactor)
         self.router = Router()
         self.sm = SessionManager(config.server.domains, self.stores, self.router, reactor,
@@ -112,21 +133,19 @@ class TigaseService(service.MultiService):
         self.authentication.attach(self.sm)
         self.auth = self.authentication.service
         self.tls_context = tls.server_context_for(config)    # [tls]; [hosts."D"] certificates by SNI
-        self.c2s_connections: set[Any] = set()
         # XEP-0198 sessions resume on either client listener.
         self.c2s_resumption = ResumptionRegistry(self.sm, reactor, config.c2s.stream_management)
-        self.listeners: list[ListenerService] = []
-        c2s = config.c2s
-        common = dict(config=c2s, sm=self.sm, auth=self.auth, clock=reactor, tls_context=self.tls_context,
-                      channel_binding=tls.channel_binding, default_domain=config.server.domains[0],
-                      connections=self.c2s_connections, resumption=self.c2s_resumption)
-        if c2s.port:
-            endpoint = endpoints.TCP4ServerEndpoint(reactor, c2s.port, interface=c2s.interface)
-            self._listen("c2s", endpoint, ClientStreamFactory(**common))
-        if c2s.direct_tls_port:
-            endpoint = endpoints.SSL4ServerEndpoint(reactor, c2s.direct_tls_port, self.tls_context,
-                                                    interface=c2s.interface)
-            self._listen("c2s-direct-tls", endpoint, ClientStreamFactory(direct_tls=True, **common))
+        if config.has_role("c2s"):
+            self._c2s_listeners(config, dict(sm=self.sm, auth=self.auth))
+        if config.link.connect:
+            self.link = SessionManagerLinks(config, self.sm, self.auth, reactor, self._link_settings(config, True),
+                                            self._link_connector)
+        # [s2s]: federation is the router's default route (domains not served here).
+        self.federation = build_federation(config, self.router, reactor)
+        if self.federation is not None:
+            self.router.default = self.federation.service
+            for name, endpoint, factory in self.federation.listeners:
+                self._listen(name, endpoint, factory)
         self.external_components: ComponentAcceptFactory | None = None
         if plan.external:
             listen = plan.listener
@@ -139,6 +158,74 @@ class TigaseService(service.MultiService):
                 else:
                     endpoint = endpoints.TCP4ServerEndpoint(reactor, listen.port, interface=listen.interface)
                 self._listen("components", endpoint, self.external_components)
+
+    def _build_connection_manager(self, config: Config, reactor: Any) -> None:
+        """A connection-manager process: c2s relaying to a remote session manager; no user data."""
+        self.stores = None
+        self.router = None
+        self.sm = None
+        self.extension_classes = []
+        self.components = []
+        self.component_connectors = []
+        self.external_components = None
+        self.authentication = None
+        self.remote_sm = RemoteSessionManager(config, reactor, self.c2s_connections)
+        self.auth = self.remote_sm.auth
+        self.tls_context = tls.server_context_for(config)
+        self.c2s_resumption = ResumptionRegistry(self.remote_sm, reactor, config.c2s.stream_management)
+        self.remote_sm.resumption = self.c2s_resumption
+        if config.has_role("c2s"):
+            self._c2s_listeners(config, dict(sm=self.remote_sm, auth=self.auth, link=self.remote_sm,
+                                             handed_over=self.remote_sm.handed_over),
+                                LinkedClientStreamFactory)
+        host, port = parse_address(config.link.listen, ("link", "listen"))
+        cert, key = tls.ensure_certificate(config)
+        endpoint = endpoints.SSL4ServerEndpoint(reactor, port, link_tls_options(cert, key, server=True),
+                                                interface=host)
+        self._listen("link", endpoint, LinkListenerFactory(self.remote_sm, self._link_settings(config, False)))
+
+    def _c2s_listeners(self, config: Config, collaborators: dict[str, Any],
+                       factory_class: type = ClientStreamFactory) -> None:
+        c2s = config.c2s
+        common = dict(config=c2s, clock=self.reactor, tls_context=self.tls_context,
+                      channel_binding=tls.channel_binding, default_domain=config.server.domains[0],
+                      connections=self.c2s_connections, resumption=self.c2s_resumption, **collaborators)
+        if c2s.port:
+            factory = factory_class(**common)
+            self.c2s_factories.append(factory)
+            self._listen("c2s", self.c2s_endpoint(c2s, direct_tls=False), factory)
+        if c2s.direct_tls_port:
+            factory = factory_class(direct_tls=True, **common)
+            self.c2s_factories.append(factory)
+            self._listen("c2s-direct-tls", self.c2s_endpoint(c2s, direct_tls=True), factory)
+
+    def c2s_endpoint(self, c2s: Any, direct_tls: bool) -> Any:
+        """The server endpoint of a c2s listener for the ``[c2s]`` section ``c2s``."""
+        if direct_tls:
+            return endpoints.SSL4ServerEndpoint(self.reactor, c2s.direct_tls_port, self.tls_context,
+                                                interface=c2s.interface)
+        return endpoints.TCP4ServerEndpoint(self.reactor, c2s.port, interface=c2s.interface)
+
+    def _link_settings(self, config: Config, session_manager: bool) -> LinkSettings:
+        link = config.link
+        if link.secret_file:
+            path = Path(link.secret_file).expanduser()
+            if not path.is_absolute() and config.source:
+                path = Path(config.source).parent / path
+        else:
+            path = config.data_path / "link-secret"
+        return LinkSettings(link, load_link_secret(path, create=session_manager), tls_binding)
+
+    def _link_connector(self, address: str) -> Any:
+        """``connect(factory)`` for one connection manager: TLS 1.3 with our certificate."""
+        host, port = parse_address(address, ("link", "connect"))
+        cert, key = tls.ensure_certificate(self.config)
+        options = link_tls_options(cert, key, server=False)
+
+        def connect(factory: Any) -> defer.Deferred:
+            return endpoints.SSL4ClientEndpoint(self.reactor, host, port, options, timeout=10).connect(factory)
+
+        return connect
 
     def _listen(self, name: str, endpoint: Any, factory: Any) -> None:
         listener = ListenerService(name, endpoint, factory)
@@ -157,15 +244,19 @@ class TigaseService(service.MultiService):
             self._log.warn("SECURITY: PLAIN is offered on unencrypted streams (c2s.allow_plain_without_tls)")
         if not c2s.tls_required:
             self._log.warn("SECURITY: clients may authenticate without TLS (c2s.tls_required = false)")
-        for line in self.authentication.warnings:
+        for line in self.authentication.warnings if self.authentication is not None else ():
             self._log.warn("{line}", line=line)
         super().startService()
         self.started = defer.Deferred()
-        d = defer.maybeDeferred(self.stores.start)
+        d = defer.maybeDeferred(self.stores.start) if self.stores is not None else defer.succeed(None)
         d.addCallback(lambda _: self._start_rest())
         d.addCallbacks(self.started.callback, self._start_failed)
 
     def _start_rest(self) -> Any:
+        if self.sm is None:
+            for listener in self.listeners:
+                listener.startService()
+            return defer.gatherResults([l.when_listening() for l in self.listeners], consumeErrors=True)
         for cls, ext_config in self.extension_classes:
             self.sm.load_extension(cls, ext_config)
         for component in self.components:
@@ -175,8 +266,12 @@ class TigaseService(service.MultiService):
         for connector in self.component_connectors:
             connector.startService()
         self.sm.startService()
+        if self.federation is not None:
+            self.federation.service.startService()
         for listener in self.listeners:
             listener.startService()
+        if self.link is not None:
+            self.link.startService()
         return defer.gatherResults([l.when_listening() for l in self.listeners], consumeErrors=True)
 
     def _start_failed(self, failure: Any) -> None:
@@ -187,6 +282,12 @@ class TigaseService(service.MultiService):
         for stream in list(self.c2s_connections):
             stream.close("system-shutdown", "The server is shutting down")
         self.c2s_resumption.close_all()
+        if self.sm is None:
+            return self._stop_connection_manager()
+        if self.link is not None and self.link.running:
+            self.link.stopService()   # their sessions end here: unavailable, offline storage
+        if self.federation is not None and self.federation.service.running:
+            self.federation.service.stopService()   # closes s2s streams, bounces queues
         stops = [defer.maybeDeferred(l.stopService) for l in self.listeners if l.running]
         if self.sm.running:
             stops.append(defer.maybeDeferred(self.sm.stopService))
@@ -200,6 +301,49 @@ class TigaseService(service.MultiService):
         d.addCallback(lambda _: self.stores.close())
         d.addCallback(lambda _: service.MultiService.stopService(self))
         return d
+
+
+    def _stop_connection_manager(self) -> Any:
+        """Give the session manager the unbinds and bounces of the closed streams, then stop."""
+        assert self.remote_sm is not None
+        link = self.remote_sm
+        client_listeners = [l for l in self.listeners if l.running and l.name != "link"]
+        d = defer.DeferredList([defer.maybeDeferred(l.stopService) for l in client_listeners])
+        d.addCallback(lambda _: link.drain(3.0))
+
+        def rest(_: Any) -> Any:
+            link.abandon("this connection manager is stopping")
+            return defer.DeferredList([defer.maybeDeferred(l.stopService) for l in self.listeners if l.running])
+
+        d.addCallback(rest)
+        d.addCallback(lambda _: service.MultiService.stopService(self))
+        return d
+
+    # -- reconfiguration ----------------------------------------------------------------------
+    def reload(self, new_config: Config) -> Any:
+        """Apply ``new_config`` without a restart, leaving unconcerned sessions alone.
+
+        Returns a ``ReloadReport`` (what changed, what needs a restart). See ``tigasepy/reload.py``.
+        """
+        from tigasepy.reload import apply_reload
+
+        return apply_reload(self, new_config)
+
+    def reload_from_source(self) -> Any:
+        """Read the config again (``config_loader``, else the file it came from) and ``reload``.
+
+        An invalid file is logged and changes nothing; returns the ``ReloadReport``.
+        """
+        from tigasepy.config import load_config
+        from tigasepy.reload import ReloadReport
+
+        try:
+            loader = self.config_loader or (lambda: load_config(self.config.source))
+            new_config = loader()
+        except (ConfigError, OSError) as e:
+            self._log.error("configuration reload refused, nothing changed: {error}", error=str(e))
+            return ReloadReport(error=str(e))
+        return self.reload(new_config)
 
 
 def build_service(config: Config, reactor: Any) -> TigaseService:

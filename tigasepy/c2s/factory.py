@@ -29,13 +29,17 @@ class ClientStreamFactory(protocol.Factory):
         resumption: the XEP-0198 registry (tokens, detached sessions), shared by the
             listeners of one server so that a session dropped on one port resumes on
             another; a new one when None.
+        handed_over: for a session manager in another process (router/link_cm.py):
+            returns a Deferred firing once every stanza passed to ``sm`` so far is safe
+            there; a client's ``<r/>`` is answered only then (XEP-0198). None: at once.
     """
 
     def __init__(self, config: C2SConfig, sm: ISessionManager, auth: IAuthenticationService,
                  clock: IReactorTime, tls_context: Any, channel_binding: Callable[[Any], Any],
                  default_domain: str, direct_tls: bool = False,
                  connections: set[ClientStream] | None = None,
-                 resumption: ResumptionRegistry | None = None) -> None:
+                 resumption: ResumptionRegistry | None = None,
+                 handed_over: Callable[[], Any] | None = None) -> None:
         self.config = config
         self.sm = sm
         self.auth = auth
@@ -46,8 +50,18 @@ class ClientStreamFactory(protocol.Factory):
         self.direct_tls = direct_tls
         self.connections: set[ClientStream] = connections if connections is not None else set()
         self.unauthenticated = 0
+        self.handed_over = handed_over
         self.resumption = resumption if resumption is not None else ResumptionRegistry(
             sm, clock, config.stream_management)
+
+    def reconfigure(self, config: C2SConfig) -> None:
+        """New ``[c2s]`` limits: for new streams, and for this factory's open streams where
+        they can change mid-stream (stanza size and depth, timeouts, XEP-0198 and CSI)."""
+        self.config = config
+        self.resumption.config = config.stream_management
+        for stream in list(self.connections):
+            if stream.factory is self:
+                stream.reconfigure(config)
 
     def buildProtocol(self, addr: Any) -> ClientStream:
         stream = ClientStream(self, direct_tls=self.direct_tls)

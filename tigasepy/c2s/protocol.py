@@ -282,7 +282,13 @@ class ClientStream(protocol.Protocol):
         acks = self.acks
         if name == "r":
             if acks is not None:
-                self.transport.write(f"<a xmlns='{SM}' h='{acks.inbound}'/>".encode())
+                handed_over = self.factory.handed_over
+                if handed_over is None:
+                    self.transport.write(f"<a xmlns='{SM}' h='{acks.inbound}'/>".encode())
+                else:
+                    # The SM is in another process: a stanza is handled once it is safe there.
+                    h = acks.inbound
+                    handed_over().addCallback(lambda _: self._write_ack(acks, h))
         elif name == "a":
             if acks is None:
                 return
@@ -315,6 +321,10 @@ class ClientStream(protocol.Protocol):
             self._sm_failed("unexpected-request")       # a bound stream cannot resume another
         else:
             self.close("unsupported-stanza-type", f"Unknown stream management element {name}")
+
+    def _write_ack(self, acks: AckState, h: int) -> None:
+        if self.state == _State.BOUND and self.acks is acks:
+            self.transport.write(f"<a xmlns='{SM}' h='{h}'/>".encode())
 
     def _enable(self, element: domish.Element) -> None:
         config = self.config.stream_management
@@ -728,24 +738,64 @@ class ClientStream(protocol.Protocol):
             resource_el = next(payload.elements(ns.BIND, "resource"), None)
             resource = str(resource_el).strip() if resource_el is not None else None
             try:
-                self.jid = self.factory.sm.bind(self, self.username, self.domain, resource or None)
+                bound = self.factory.sm.bind(self, self.username, self.domain, resource or None)
             except StanzaError as e:
                 self.send(e.to_response(stanza))
                 return
-            self._full = self.jid.full()
-            self._bare = self.jid.userhost()
-            self.state = _State.BOUND
-            self._leave_unauthenticated()
-            if self._auth_timer is not None and self._auth_timer.active():
-                self._auth_timer.cancel()
-            self._auth_timer = None
-            bind = domish.Element((ns.BIND, "bind"))
-            bind.addElement("jid", content=self._full)
-            self.send(iq_result(stanza, bind))
+            if isinstance(bound, defer.Deferred):
+                # A session manager in another process answers later; stanzas wait meanwhile.
+                self._busy = True
+                bound.addCallbacks(self._bound, self._bind_failed, callbackArgs=(stanza,),
+                                   errbackArgs=(stanza,))
+                bound.addBoth(self._unbusy)
+                return
+            self._bound(bound, stanza)
         elif payload.uri == ns.SESSION and payload.name == "session":
             self.send(iq_result(stanza))
         else:
             self.close("not-authorized", "Bind a resource first")
+
+    def _bind_failed(self, failure: Failure, stanza: domish.Element) -> None:
+        if self.state == _State.CLOSED:
+            return
+        if failure.check(StanzaError):
+            self.send(failure.value.to_response(stanza))
+            return
+        self._log.failure("bind failed", failure)
+        self.send(StanzaError("internal-server-error").to_response(stanza))
+
+    def _bound(self, jid: JID, stanza: domish.Element) -> None:
+        """The session manager bound ``jid`` to this stream: stanzas flow from now on."""
+        if self.state == _State.CLOSED:
+            self.factory.sm.unbind(self)   # the client left while the bind was under way
+            return
+        self.jid = jid
+        self._full = self.jid.full()
+        self._bare = self.jid.userhost()
+        self.state = _State.BOUND
+        self._leave_unauthenticated()
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+        bind = domish.Element((ns.BIND, "bind"))
+        bind.addElement("jid", content=self._full)
+        self.send(iq_result(stanza, bind))
+
+    def reconfigure(self, config: Any) -> None:
+        """Apply new ``[c2s]`` limits to this open stream (a configuration reload).
+
+        The stanza size and depth limits apply from the next stanza, the idle timeout
+        from now; the XEP-0198 and CSI settings from their next use.
+        """
+        self.config = config
+        self.parser.max_stanza_bytes = config.stanza_size_limit_bytes
+        self.parser.max_depth = config.max_depth
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.cancel()
+            clock = self.factory.clock
+            remaining = config.idle_timeout_s - (clock.seconds() - self._last_activity)
+            self._timer = clock.callLater(max(0.0, remaining), self._check_idle)
 
     def _peer(self) -> str:
         try:

@@ -87,7 +87,7 @@ class AckState:
     2**32.
     """
 
-    __slots__ = ("owner", "jid", "token", "max_s", "inbound", "acked", "queue", "holder")
+    __slots__ = ("owner", "jid", "token", "max_s", "inbound", "acked", "queue", "holder", "on_ack")
 
     def __init__(self, owner: str, jid: JID) -> None:
         self.owner = owner
@@ -98,6 +98,9 @@ class AckState:
         self.acked = 0
         self.queue: collections.deque[tuple[str, float]] = collections.deque()
         self.holder: Any = None
+        #: Called with this state after each acknowledgement (a connection-manager
+        #: process reports acknowledged stanzas to the session manager, router/link_cm.py).
+        self.on_ack: Any = None
 
     @property
     def sent(self) -> int:
@@ -122,6 +125,8 @@ class AckState:
         for _ in range((h - self.acked) % MODULUS):
             self.queue.popleft()
         self.acked = h
+        if self.on_ack is not None:
+            self.on_ack(self)
 
 
 def parse_h(value: str | None) -> int | None:
