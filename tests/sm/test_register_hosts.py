@@ -106,3 +106,15 @@ def test_hosts_config_is_checked():
         config_from_dict({"server": {"domains": ["a.example"]}, "hosts": {"a.example": {"certificate": "x.pem"}}})
     with pytest.raises(ConfigError, match=r"hosts\.a\.example\.colour: unknown option"):
         config_from_dict({"server": {"domains": ["a.example"]}, "hosts": {"a.example": {"colour": "red"}}})
+
+
+def test_the_policy_follows_the_config_in_force():
+    """A configuration reload replaces the SM's config; the next registration follows it."""
+    raw = {"server": {"domains": ["closed.example", "open.example"]},
+           "hosts": {"open.example": {"registration": True}}}
+    sm, _accounts = _world(raw)
+    assert condition(_register(sm, "closed.example")) == "service-unavailable"
+    sm.config = config_from_dict({**raw, "hosts": {"open.example": {"registration": True},
+                                                   "closed.example": {"registration": True}}})
+    assert _register(sm, "closed.example")["type"] == "result"
+    assert _offers_register(sm, "closed.example")

@@ -76,28 +76,37 @@ class InBandRegistration:
             run_blocking=in_thread_pool(host.clock) if hasattr(host.clock, "getThreadPool") else run_inline,
         )
         self._recent: collections.deque[float] = collections.deque()
-        server = host.server_config
-        # Loaded for all hosts; whether it serves a host is that host's policy.
-        default = bool(server.extensions.get("register", {}).get("enabled", False)) if server else True
-        self._policy = {domain: ("ldap" if server is not None and "ldap" in server.auth.chain_of(domain)
-                                 else server.registration_on(domain, default) if server is not None else True)
-                        for domain in host.domains}
         host.add_feature(ns.REGISTER)
         host.add_stream_feature(self._stream_feature)
         host.on_unauthenticated_iq(ns.REGISTER, "query", self._unauthenticated)
         host.on_iq(ns.REGISTER, "query", self._authenticated, types=("get", "set"),
                    targets=(Target.SELF, Target.HOST))
 
+    def _policy(self, domain: str) -> bool | str:
+        """Whether ``domain`` registers accounts: True, False, or ``"ldap"`` (never: the
+        directory owns the names). Read from the config in force at each use, so that a
+        configuration reload applies at once."""
+        server = self._host.server_config
+        if server is None:
+            return domain in self._host.domains
+        if domain not in self._host.domains:
+            return False
+        if "ldap" in server.auth.chain_of(domain):
+            return "ldap"
+        # Loaded for every host; [extensions.register] enabled is the default of each.
+        default = bool(server.extensions.get("register", {}).get("enabled", False))
+        return server.registration_on(domain, default)
+
     def _check_host(self, domain: str) -> None:
         """Refuse registration where the host's policy says no."""
-        policy = self._policy.get(domain, False)
+        policy = self._policy(domain)
         if policy == "ldap":
             raise StanzaError("not-allowed", "Accounts on this host come from the directory")
         if not policy:
             raise StanzaError("service-unavailable")
 
     def _stream_feature(self, domain: str, authenticated: bool) -> domish.Element | None:
-        if authenticated or self._policy.get(domain) is not True:
+        if authenticated or self._policy(domain) is not True:
             return None
         return domish.Element((ns.REGISTER_FEATURE, "register"))
 
@@ -157,7 +166,7 @@ class InBandRegistration:
         username, password = _field(query, "username"), _field(query, "password")
         if not password or (username is not None and username != event.sender.user):
             raise StanzaError("bad-request" if not password else "not-allowed")
-        if not self._config.allow_password_change or self._policy.get(event.sender.host) == "ldap":
+        if not self._config.allow_password_change or self._policy(event.sender.host) == "ldap":
             raise StanzaError("not-allowed")
         d = self._accounts.set_password(bare, password)
         d.addCallbacks(lambda _: None, self._map_error)
