@@ -821,3 +821,40 @@ def test_a_redelivered_message_keeps_its_stanza_id_and_is_archived_once(world, s
     [again] = bob2.take()
     assert [(s["by"], s["id"]) for s in again.elements(NS_SID, "stanza-id")] == [(BOB, uid)]
     assert len(archive(stores, BOB)) == 1
+
+
+class SlowOffline:
+    """An offline store whose appends complete only when released."""
+
+    def __init__(self, store):
+        self._store = store
+        self.waiting = []
+
+    def append(self, *args):
+        d = defer.Deferred()
+        self.waiting.append((d, args))
+        return d
+
+    def release_all(self):
+        while self.waiting:
+            d, args = self.waiting.pop(0)
+            self._store.append(*args).chainDeferred(d)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_shutdown_waits_for_delivery_behind_a_slow_preference_read(stores):
+    """Work started by an asynchronous archiving step (offline storage here) is still
+    waited for by a graceful stop, though it began after the stop was asked for."""
+    prefs, offline = SlowPrefs(stores[IArchiveStore]), SlowOffline(stores[IOfflineStore])
+    stores[IArchiveStore], stores[IOfflineStore] = prefs, offline
+    world = make_world(stores)
+    alice = online(world, f"{ALICE}/a")
+    chat(world, alice, BOB, "for later")
+    stopped = world.sm.stopService()
+    prefs.release_all()
+    assert offline.waiting and not stopped.called
+    offline.release_all()
+    assert stopped.called
+    assert stores[IOfflineStore].count(BOB).result == 1

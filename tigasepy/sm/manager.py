@@ -239,14 +239,14 @@ class SessionManager(service.Service):
         else:
             self._from_client(event)
 
-    def _from_client(self, event: StanzaEvent) -> None:
+    def _from_client(self, event: StanzaEvent) -> "defer.Deferred[Any] | None":
         name = event.stanza.name
         if name == "message":
-            self._guard(event, self.hooks.run(events.MessageFromClient, event), self._message_onward)
-        elif name == "presence":
-            self._guard(event, self.hooks.run(events.PresenceFromClient, event), self._presence_onward)
-        else:
-            self._iq_from_client(event)
+            return self._guard(event, self.hooks.run(events.MessageFromClient, event), self._message_onward)
+        if name == "presence":
+            return self._guard(event, self.hooks.run(events.PresenceFromClient, event), self._presence_onward)
+        self._iq_from_client(event)
+        return None
 
     # -- delivery -----------------------------------------------------------------------
     def route(self, stanza: domish.Element) -> None:
@@ -327,34 +327,33 @@ class SessionManager(service.Service):
             event.extra[events.REDELIVERED] = True
         self._deliver_event(event)
 
-    def _deliver_event(self, event: StanzaEvent) -> None:
+    def _deliver_event(self, event: StanzaEvent) -> "defer.Deferred[Any] | None":
         to = event.to
         if (to is not None and to.user is not None and event.sender is not None
                 and event.sender.userhost() != to.userhost()):
-            self._filter(events.InboundFilter, event, self._to_local)
-        else:
-            self._to_local(event)
+            return self._filter(events.InboundFilter, event, self._to_local)
+        return self._to_local(event)
 
-    def _to_local(self, event: StanzaEvent) -> None:
+    def _to_local(self, event: StanzaEvent) -> "defer.Deferred[Any] | None":
         name = event.stanza.name
         if name == "message":
-            self._guard(event, self.hooks.run(events.MessageToLocal, event), self._message_default)
-        elif name == "presence":
-            self._guard(event, self.hooks.run(events.PresenceToLocal, event), self._presence_default)
-        elif name == "iq":
+            return self._guard(event, self.hooks.run(events.MessageToLocal, event), self._message_default)
+        if name == "presence":
+            return self._guard(event, self.hooks.run(events.PresenceToLocal, event), self._presence_default)
+        if name == "iq":
             self._iq_to_local(event)
+        return None
 
-    def _filter(self, point: events.HookPoint, event: StanzaEvent, onward: Any) -> None:
+    def _filter(self, point: events.HookPoint, event: StanzaEvent, onward: Any) -> "defer.Deferred[Any] | None":
         """Run the filters at ``point``, then ``onward(event)`` unless one took the stanza."""
         try:
             outcome = self.hooks.run(point, event)
         except Exception as e:
             self._reply_error(event, e)
-            return
+            return None
         if outcome is Outcome.PASS:
-            onward(event)
-        else:
-            self._guard(event, outcome, onward)
+            return onward(event)
+        return self._guard(event, outcome, onward)
 
     def _guard(self, event: StanzaEvent, outcome: Any, onward: Any) -> "defer.Deferred[Any] | None":
         """Continue with ``onward(event)`` unless a hook took the stanza; map errors to replies.
@@ -394,7 +393,9 @@ class SessionManager(service.Service):
             return
         self._reply(event, reply)
 
-    def _message_onward(self, event: StanzaEvent) -> None:
+    def _message_onward(self, event: StanzaEvent) -> "defer.Deferred[Any] | None":
+        """Deliver a client's message (returns the work still under way, so that a
+        Deferred tracking the earlier steps also waits for delivery and offline storage)."""
         if event.to is None:
             event.stanza["to"] = event.session.bare if event.session else ""
             event.to = self.parse_jid(event.stanza["to"])
@@ -402,9 +403,9 @@ class SessionManager(service.Service):
             if event.target is Target.SELF:
                 event.target = Target.BARE
             event.session = None
-            self._deliver_event(event)
-        else:
-            self.router.route(event.stanza)
+            return self._deliver_event(event)
+        self.router.route(event.stanza)
+        return None
 
     def _presence_onward(self, event: StanzaEvent) -> None:
         if event.to is not None:
