@@ -214,6 +214,91 @@ class TLSConfig:
             raise ConfigError("certificate and private_key go together", path)
 
 
+def _check_domain_name(domain: str, path: tuple[str, ...]) -> None:
+    if not domain or "@" in domain or "/" in domain or any(c.isspace() for c in domain) or ":" in domain:
+        raise ConfigError(f"{domain!r} is not a domain name", path)
+
+
+def parse_s2s_route(value: str, path: tuple[str, ...]) -> tuple[tuple[str, int, bool], ...]:
+    """An ``[s2s.routes]`` value as ``((host, port, direct_tls), ...)``, in the order to try.
+
+    The value lists targets separated by spaces or commas: ``"host:port"`` speaks
+    STARTTLS, ``"tls://host:port"`` direct TLS (XEP-0368); IPv6 as ``"[::1]:5269"``.
+
+    Raises:
+        ConfigError: a target is malformed.
+    """
+    targets = []
+    for item in value.replace(",", " ").split():
+        direct_tls = item.startswith("tls://")
+        address = item[len("tls://"):] if direct_tls else item
+        if "://" in address:
+            raise ConfigError(f"{item!r}: only tls:// may prefix a target", path)
+        host, port = parse_address(address, path)
+        targets.append((host, port, direct_tls))
+    if not targets:
+        raise ConfigError('needs at least one target, e.g. "127.0.0.1:5269" or "tls://host:5270"', path)
+    return tuple(targets)
+
+
+@dataclass(frozen=True)
+class S2SConfig:
+    """``[s2s]``: federation with other servers (RFC 6120 server-to-server streams).
+
+    Incoming and outgoing streams use STARTTLS (``port``) or direct TLS
+    (``direct_tls_port``, XEP-0368). A peer authenticates with SASL EXTERNAL when its
+    certificate is valid for its domain (chain to ``ca_file`` or the system's CAs, name
+    per RFC 6125), else with Server Dialback (XEP-0220) when ``dialback`` allows it.
+    ``insecure_domains`` may federate without TLS; ``unverified_domains`` may use
+    dialback even when ``dialback = false``. ``[s2s.routes]`` maps a domain to
+    ``"host:port"`` targets (``"tls://host:port"`` for direct TLS) tried instead of DNS.
+    """
+
+    enabled: bool = True
+    interface: str = "0.0.0.0"
+    port: int = 5269
+    direct_tls_port: int = 5270
+    use_dns: bool = True
+    tls_required: bool = True
+    dialback: bool = True
+    sasl_external: bool = True
+    bidi: bool = True
+    ca_file: str = ""
+    insecure_domains: tuple[str, ...] = ()
+    unverified_domains: tuple[str, ...] = ()
+    routes: Mapping[str, str] = field(default_factory=dict)
+    dialback_secret_file: str = ""
+    idle_timeout_s: int = 600
+    connect_timeout_s: int = 30
+    max_connections_per_peer: int = 16
+    max_unauthenticated: int = 500
+    max_queued_stanzas: int = 1000
+    stanza_size_limit_bytes: int = 524288
+    max_depth: int = 32
+
+    def validate(self, path: tuple[str, ...]) -> None:
+        _port(path + ("port",), self.port)
+        _port(path + ("direct_tls_port",), self.direct_tls_port)
+        for option in ("insecure_domains", "unverified_domains"):
+            for domain in getattr(self, option):
+                _check_domain_name(domain, path + (option,))
+        for domain, value in self.routes.items():
+            _check_domain_name(domain, path + ("routes",))
+            parse_s2s_route(value, path + ("routes", domain))
+        _at_least(path + ("idle_timeout_s",), self.idle_timeout_s, 1)
+        _at_least(path + ("connect_timeout_s",), self.connect_timeout_s, 1)
+        _at_least(path + ("max_connections_per_peer",), self.max_connections_per_peer, 1)
+        _at_least(path + ("max_unauthenticated",), self.max_unauthenticated, 1)
+        _at_least(path + ("max_queued_stanzas",), self.max_queued_stanzas, 1)
+        _at_least(path + ("stanza_size_limit_bytes",), self.stanza_size_limit_bytes, 10000)
+        _at_least(path + ("max_depth",), self.max_depth, 4)
+
+    def route_targets(self, domain: str) -> tuple[tuple[str, int, bool], ...] | None:
+        """The static targets of ``domain`` (``[s2s.routes]``), or None when it has none."""
+        value = self.routes.get(domain)
+        return None if value is None else parse_s2s_route(value, ("s2s", "routes", domain))
+
+
 @dataclass(frozen=True)
 class StorageConfig:
     """``[storage]``: the backend. SQLite in the data directory is the default.
@@ -445,13 +530,16 @@ class HostConfig:
     never allows it (the directory owns the user names). ``certificate`` and
     ``private_key``: the host's own certificate (PEM files, relative to the config
     file's folder), presented to clients that ask for this name (TLS SNI); empty: the
-    server's certificate (``[tls]``). The host's authenticators are set in
-    ``[auth.hosts."DOMAIN"]``.
+    server's certificate (``[tls]``). ``extensions``: extension name -> whether this host
+    serves it (unset: as ``[extensions.NAME] enabled`` says); an extension on for one
+    host is loaded, and ignores the accounts of hosts that have it off. The host's
+    authenticators are set in ``[auth.hosts."DOMAIN"]``.
     """
 
     registration: bool | None = None
     certificate: str = ""
     private_key: str = ""
+    extensions: Mapping[str, bool] = field(default_factory=dict)
 
     def validate(self, path: tuple[str, ...]) -> None:
         if bool(self.certificate) != bool(self.private_key):
@@ -468,6 +556,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     c2s: C2SConfig = field(default_factory=C2SConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    s2s: S2SConfig = field(default_factory=S2SConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     link: LinkConfig = field(default_factory=LinkConfig)
@@ -512,6 +601,9 @@ class Config:
             if host.registration and "ldap" in self.auth.chain_of(domain):
                 raise ConfigError("not with an authenticator chain naming ldap: the directory owns "
                                   "the user names", ("hosts", domain, "registration"))
+            from tigasepy.extensions import check_host_extensions  # it imports this module
+
+            check_host_extensions(self, domain, ("hosts", domain, "extensions"))
         self._validate_roles()
         if not isinstance(self.extensions, Mapping):
             raise ConfigError("must be a table", ("extensions",))
@@ -592,7 +684,8 @@ def section_from_dict(cls: type, raw: Mapping[str, Any], path: tuple[str, ...]) 
     return instance
 
 
-_SECTIONS = {"server": ServerConfig, "c2s": C2SConfig, "tls": TLSConfig, "storage": StorageConfig,
+_SECTIONS = {"server": ServerConfig, "c2s": C2SConfig, "tls": TLSConfig, "s2s": S2SConfig,
+             "storage": StorageConfig,
              "auth": AuthConfig, "link": LinkConfig}
 
 

@@ -67,6 +67,8 @@ def integration_config(data_dir: Path, overrides: Mapping[str, Any] | None = Non
     raw: dict[str, Any] = {
         "server": {"domains": [DOMAIN], "data_dir": str(data_dir)},
         "c2s": {"interface": LOOPBACK, "port": free_port(), "direct_tls_port": free_port()},
+        # No s2s listener, and no DNS: a remote domain without a static route bounces at once.
+        "s2s": {"interface": LOOPBACK, "port": 0, "direct_tls_port": 0, "use_dns": False},
         "storage": {"backend": "sqlite", "path": "tigasepy.sqlite"},
         "auth": {"scram_iterations": TEST_SCRAM_ITERATIONS},
         "extensions": {name: {"enabled": False} for name in ("roster", "presence")

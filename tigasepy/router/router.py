@@ -36,6 +36,10 @@ class Router:
         """Stop routing ``domain``."""
         self._routes.pop(domain.lower(), None)
 
+    def serves(self, domain: str) -> bool:
+        """True when ``domain`` has a route of its own (a hosted domain or a component)."""
+        return domain.lower() in self._routes
+
     def destination(self, domain: str) -> IComponent | None:
         """The destination for ``domain`` (the default route when none is registered)."""
         return self._routes.get(domain, self.default)

@@ -1,0 +1,138 @@
+"""Two tigasepy servers federating in this process on 127.0.0.1 (RFC 6120 s2s, XEP-0220, XEP-0178).
+
+``a.localhost`` and ``b.localhost`` each run the whole service tree with an s2s listener on
+a free loopback port and a static route to the other (no DNS). Users on each side
+subscribe to each other, then exchange presence and messages over slixmpp clients.
+
+- ``dialback``: each server has its own generated self-signed certificate; neither trusts
+  the other's, so both directions authenticate with Server Dialback over TLS.
+- ``external``: one test CA issues both certificates and is each server's s2s trust
+  store, so both directions authenticate with SASL EXTERNAL; A connects first and makes
+  its stream bidirectional (XEP-0288), so B answers over it.
+- ``external-without-bidi``: the same with ``[s2s] bidi = false``: one stream each way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+
+from support.federation import FederatedClientPool, TestCA, federation_overrides
+from support.server import RunningServer, free_port, start_server
+from support.xmpp_clients import (
+    ClientPool, asyncio_test, fetch_roster, is_chat, is_presence, is_push_for, online, run_in_reactor,
+)
+
+A, B = "a.localhost", "b.localhost"
+PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-2"}
+
+
+@dataclass
+class Federation:
+    """Two started servers and a client pool for each."""
+
+    a: RunningServer
+    b: RunningServer
+    clients_a: ClientPool
+    clients_b: ClientPool
+    mode: str
+
+    def incoming_methods(self, server: RunningServer) -> set[str]:
+        """How the incoming s2s streams of ``server`` authenticated their peers."""
+        federation = server.service.federation.service
+        return {method for stream in federation.incoming for method in stream.auth_methods.values()}
+
+    def outgoing_methods(self, server: RunningServer) -> set[str]:
+        """How the outgoing s2s streams of ``server`` authenticated."""
+        federation = server.service.federation.service
+        return {route.stream.auth_method for route in federation.routes.values() if route.stream is not None}
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+@pytest.fixture(params=["dialback", "external", "external-without-bidi"])
+def federation(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Federation]:
+    """a.localhost and b.localhost federating (see the module docstring); alice on A, bob on B."""
+    mode = request.param
+    port_a, port_b = free_port(), free_port()
+    certs: dict[str, Any] = {A: None, B: None}
+    ca_file = None
+    if mode.startswith("external"):
+        ca = TestCA(tmp_path / "ca")
+        certs = {A: ca.issue([A]), B: ca.issue([B])}
+        ca_file = ca.path
+    s2s = {"bidi": mode != "external-without-bidi"}
+    overrides_a = federation_overrides(A, port_a, {B: f"127.0.0.1:{port_b}"}, certificate=certs[A],
+                                       ca_file=ca_file, s2s=s2s)
+    overrides_b = federation_overrides(B, port_b, {A: f"127.0.0.1:{port_a}"}, certificate=certs[B],
+                                       ca_file=ca_file, s2s=s2s)
+    reactor = _reactor()
+    a = run_in_reactor(lambda: start_server((tmp_path / "a").resolve(), reactor, overrides_a))
+    b = run_in_reactor(lambda: start_server((tmp_path / "b").resolve(), reactor, overrides_b))
+    run_in_reactor(lambda: defer.gatherResults([a.create_account("alice", PASSWORDS["alice"]),
+                                                b.create_account("bob", PASSWORDS["bob"])], consumeErrors=True))
+    pools = (FederatedClientPool(a, ca_file), FederatedClientPool(b, ca_file))
+    try:
+        yield Federation(a, b, pools[0], pools[1], mode)
+    finally:
+        for pool in pools:
+            run_in_reactor(pool.close_all)
+        run_in_reactor(b.stop)
+        run_in_reactor(a.stop)
+
+
+@asyncio_test
+async def test_users_on_two_servers_subscribe_exchange_presence_and_chat(federation: Federation) -> None:
+    """alice@a and bob@b subscribe to each other across servers, see each other's presence
+    and chat both ways; the servers authenticated each other as the mode says."""
+    alice = await online(federation.clients_a, "alice", "home")
+    bob = await online(federation.clients_b, "bob", "work")
+    a, b = f"alice@{A}", f"bob@{B}"
+
+    alice.send_presence(pto=b, ptype="subscribe")
+    request = await bob.presences.wait_for(is_presence("subscribe", a), what="subscribe from alice@a")
+    assert request.xml.get("from") == a
+    bob.send_presence(pto=a, ptype="subscribed")
+    await alice.roster_pushes.wait_for(is_push_for(b, subscription="to"), what="push: bob to")
+    seen = await alice.presences.wait_for(is_presence(None, b), what="bob's presence at alice")
+    assert seen.xml.get("from") == f"{b}/work"
+
+    bob.send_presence(pto=a, ptype="subscribe")
+    await alice.presences.wait_for(is_presence("subscribe", b), what="subscribe from bob@b")
+    alice.send_presence(pto=b, ptype="subscribed")
+    await bob.roster_pushes.wait_for(is_push_for(a, subscription="both"), what="push: alice both")
+    seen = await bob.presences.wait_for(is_presence(None, a), what="alice's presence at bob")
+    assert seen.xml.get("from") == f"{a}/home"
+    assert (await fetch_roster(alice))[b]["subscription"] == "both"
+
+    alice.send_message(mto=b, mbody="hello from a", mtype="chat")
+    got = await bob.messages.wait_for(is_chat("hello from a"), what="alice's message")
+    assert got.xml.get("from") == f"{a}/home"
+    bob.send_message(mto=f"{a}/home", mbody="hello from b", mtype="chat")
+    got = await alice.messages.wait_for(is_chat("hello from b"), what="bob's reply")
+    assert got.xml.get("from") == f"{b}/work"
+
+    bob.send_presence(pstatus="away for lunch", pshow="away")
+    away = await alice.presences.wait_for(lambda p: p.xml.get("from") == f"{b}/work" and p["show"] == "away",
+                                          what="bob's away presence")
+    assert away["status"] == "away for lunch"
+
+    a_out, b_out = federation.outgoing_methods(federation.a), federation.outgoing_methods(federation.b)
+    a_in, b_in = federation.incoming_methods(federation.a), federation.incoming_methods(federation.b)
+    if federation.mode == "dialback":
+        assert (a_out, b_out, a_in, b_in) == ({"dialback"}, {"dialback"}, {"dialback"}, {"dialback"})
+    elif federation.mode == "external":
+        # A connected first and made its stream bidirectional (XEP-0288): B answers over it.
+        assert (a_out, b_in) == ({"sasl-external"}, {"sasl-external"})
+        assert (b_out, a_in) == (set(), set())
+    else:
+        assert (a_out, b_out, a_in, b_in) == ({"sasl-external"},) * 4
