@@ -128,6 +128,9 @@ max_unauthenticated = 100000
 idle_timeout_s = 3600
 auth_timeout_s = 300
 
+[s2s]
+enabled = false
+
 [storage]
 backend = "sqlite"
 

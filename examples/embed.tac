@@ -15,6 +15,8 @@ config = config_from_dict({
     "server": {"domains": ["localhost"], "data_dir": os.path.abspath(os.environ.get("TIGASEPY_EXAMPLE_DATA", "data-embed"))},
     "c2s": {"interface": "127.0.0.1", "port": int(os.environ.get("TIGASEPY_EXAMPLE_PORT", "5222")),
             "direct_tls_port": 0},
+    # Federation: no s2s listener here (outgoing streams still work); give ports to accept peers.
+    "s2s": {"port": 0, "direct_tls_port": 0},
     "extensions": {"welcome": {"class": "examples.custom_extension:Welcome", "text": "Hello from an embedded server"}},
     "components": {"echo": {"class": "examples.echo_component:EchoComponent", "domain": "echo.localhost"}},
 })

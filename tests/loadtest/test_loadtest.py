@@ -65,6 +65,7 @@ def server(tmp_path: Path, server_overrides: dict[str, Any]) -> Any:
         "c2s": {"interface": "127.0.0.1", "port": _free_port(), "direct_tls_port": 0, **server_overrides},
         "storage": {"backend": "memory"},
         "auth": {"scram_iterations": 4096},
+        "s2s": {"enabled": False},
     })
     service = build_service(config, reactor)
 
