@@ -233,10 +233,13 @@ class _LinkTLSOptions:
             raise ConfigError(f"cannot load the link certificate {cert_path}: {e}", ("tls", "certificate")) from None
 
         class Options(CertificateOptions):
+            _asks_for_peer_certificate = False
+
             def getContext(self) -> Any:
                 context = super().getContext()
-                if server:
+                if server and not self._asks_for_peer_certificate:
                     context.set_verify(SSL.VERIFY_PEER, lambda *_args: True)
+                    self._asks_for_peer_certificate = True
                 return context
 
         return Options(privateKey=key, certificate=chain[0], extraCertChain=chain[1:],
