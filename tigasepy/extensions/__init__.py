@@ -78,16 +78,57 @@ def enabled_extensions(tables: Mapping[str, Mapping[str, Any]]) -> list[tuple[ty
     return out
 
 
+#: Extensions every virtual host needs: ``[hosts."DOMAIN"] extensions`` cannot switch them off.
+CORE = ("disco", "session", "roster", "presence", "message")
+
+
+def _enabled(tables: Mapping[str, Mapping[str, Any]], name: str) -> bool:
+    default = BUILTIN[name][1] if name in BUILTIN else True
+    return tables.get(name, {}).get("enabled", default) is True
+
+
 def extensions_for(config: Any) -> list[tuple[type, Any]]:
-    """``enabled_extensions`` of ``config.extensions``, with ``register`` loaded also when
-    only some virtual hosts allow registration (``[hosts."DOMAIN"] registration = true``);
-    the extension itself checks each host's policy (``Config.registration_on``)."""
+    """``enabled_extensions`` of ``config.extensions``, with an extension loaded also when
+    only some virtual hosts turn it on (``[hosts."DOMAIN"] extensions``, ``registration``).
+
+    A loaded extension ignores the accounts of the hosts that have it off (``hosts_without``;
+    ``register`` checks its own per-host policy, ``Config.registration_on``).
+    """
     tables = dict(config.extensions)
-    if any(host.registration for host in config.hosts.values()):
-        register = dict(tables.get("register", {}))
-        register["enabled"] = True
-        tables["register"] = register
+    wanted = set()
+    for host in config.hosts.values():
+        if host.registration:
+            wanted.add("register")
+        wanted.update(name for name, on in host.extensions.items() if on)
+    for name in wanted:
+        table = dict(tables.get(name, {}))
+        table["enabled"] = True
+        tables[name] = table
     return enabled_extensions(tables)
+
+
+def hosts_without(config: Any, name: str) -> frozenset[str]:
+    """The hosted domains that do not serve the loaded extension ``name``: those whose
+    ``[hosts."DOMAIN"] extensions`` say false, and, for an extension off in
+    ``[extensions.NAME]``, those that do not say true. Empty without a config, and for
+    ``register`` (per-host policy of its own)."""
+    if config is None or name == "register" or not config.hosts:
+        return frozenset()
+    default = _enabled(config.extensions, name)
+    return frozenset(domain for domain in config.server.domains
+                     if not config.host(domain).extensions.get(name, default))
+
+
+def check_host_extensions(config: Any, domain: str, path: tuple[str, ...]) -> None:
+    """``[hosts."DOMAIN"] extensions`` names extensions that exist and may differ per host."""
+    for name in config.host(domain).extensions:
+        if name == "register":
+            raise ConfigError('per host, registration is set with registration = true/false', path + (name,))
+        if name in CORE:
+            raise ConfigError("every host needs this extension", path + (name,))
+        if name not in BUILTIN and name not in config.extensions:
+            raise ConfigError("no such extension (neither built in nor an [extensions.NAME] table)",
+                              path + (name,))
 
 
 def defaults_of(config_type: type | None) -> dict[str, Any]:

@@ -54,6 +54,9 @@ class EntityCapabilities:
         self._registry = host.disco
         self._ver = ""
         self._node: str | None = None
+        # Virtual hosts that serve different extensions advertise their own ver.
+        self._host_vers: dict[str, str] = {}
+        self._host_nodes: dict[str, str] = {}
         host.add_feature(CAPS)
         host.add_stream_feature(self._stream_feature)
         self._registry.watch(self._refresh)
@@ -65,12 +68,17 @@ class EntityCapabilities:
         """The current verification string of the server's disco#info."""
         return self._ver
 
+    def _verification(self, domain: str | None) -> str:
+        registry = self._registry
+        identities = [(i.category, i.type, "", i.name) for i in registry.identities(Target.HOST, domain)]
+        return verification_string(identities, registry.features(Target.HOST, domain),
+                                   registry.forms(Target.HOST, domain), self._config.hash)
+
     def _refresh(self) -> None:
         """Recompute ``ver`` and move the ``node#ver`` disco node to it."""
         registry = self._registry
-        identities = [(i.category, i.type, "", i.name) for i in registry.identities(Target.HOST)]
-        ver = verification_string(identities, registry.features(Target.HOST), registry.forms(Target.HOST),
-                                  self._config.hash)
+        ver = self._verification(None)
+        self._refresh_hosts(ver)
         if ver == self._ver and self._node is not None:
             return
         self._ver = ver
@@ -79,7 +87,31 @@ class EntityCapabilities:
         self._node = f"{self._config.node}#{ver}"
         registry.add_node(self._node, info=self._info, target=Target.HOST)
 
+    def _refresh_hosts(self, common: str) -> None:
+        """A ver (and node) of its own for each hosted domain whose disco#info differs."""
+        for node in set(self._host_nodes.values()):
+            if node != self._node:
+                self._registry.remove_node(node, Target.HOST)
+        self._host_vers, self._host_nodes = {}, {}
+        if not self._registry.varies_by_domain:
+            return
+        for domain in self._host.domains:
+            ver = self._verification(domain)
+            if ver == common:
+                continue
+            self._host_vers[domain] = ver
+            node = f"{self._config.node}#{ver}"
+            if node not in self._host_nodes.values():
+                self._registry.add_node(node, info=self._host_info, target=Target.HOST)
+            self._host_nodes[domain] = node
+
+    def _host_info(self, event: StanzaEvent) -> domish.Element:
+        return self._registry.info(Target.HOST, event.to.host if event.to is not None else None)
+
     def _close(self) -> None:
+        for node in set(self._host_nodes.values()):
+            self._registry.remove_node(node, Target.HOST)
+        self._host_nodes = {}
         self._registry.unwatch(self._refresh)
         if self._node is not None:
             self._registry.remove_node(self._node, Target.HOST)
@@ -91,4 +123,4 @@ class EntityCapabilities:
     def _stream_feature(self, domain: str, authenticated: bool) -> Any:
         if not authenticated:
             return None
-        return caps_element(self._config.node, self._ver, self._config.hash)
+        return caps_element(self._config.node, self._host_vers.get(domain, self._ver), self._config.hash)

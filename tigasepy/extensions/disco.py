@@ -15,6 +15,12 @@ from tigasepy.xmpp import namespaces as ns
 from tigasepy.xmpp.errors import StanzaError
 
 
+def _domain(event: StanzaEvent) -> str | None:
+    """The hosted domain asked about (virtual hosts may differ in what they serve)."""
+    jid = event.to if event.to is not None else event.sender
+    return jid.host if jid is not None else None
+
+
 @implementer(IExtension)
 class ServiceDiscovery:
     """``disco#info`` and ``disco#items`` for the server and for accounts."""
@@ -42,7 +48,7 @@ class ServiceDiscovery:
             return self._node(event, query["node"], "info", target)
         if target is Target.BARE:
             return self._account_info(event)
-        return self._build_info(target)
+        return self._build_info(target, _domain(event))
 
     def _account_info(self, event: StanzaEvent) -> Any:
         bare = event.to.userhost() if event.to is not None else event.sender.userhost()
@@ -50,12 +56,12 @@ class ServiceDiscovery:
         def _answer(exists: bool) -> domish.Element:
             if not exists:
                 raise StanzaError("service-unavailable")
-            return self._build_info(Target.BARE)
+            return self._build_info(Target.BARE, bare.rpartition("@")[2])
 
         return self._host.account_exists(bare).addCallback(_answer)
 
-    def _build_info(self, target: Target) -> domish.Element:
-        return self._registry.info(target)
+    def _build_info(self, target: Target, domain: str | None) -> domish.Element:
+        return self._registry.info(target, domain)
 
     def _items(self, event: StanzaEvent) -> Any:
         query = event.stanza.firstChildElement()

@@ -2,6 +2,18 @@
 
 The host records every registration, so ``close()`` undoes them all: disabling or
 reloading an extension is a config change, never a restart.
+
+Virtual hosts: an extension that some hosted domains do not serve (``[hosts."DOMAIN"]
+extensions``, ``tigasepy.extensions.hosts_without``) gets a host that filters for it:
+its IQ handlers answer ``service-unavailable`` and its disco nodes ``item-not-found`` for
+those domains, its hooks let their stanzas and sessions pass by, its stream features and
+its disco features, identities and forms are left out there. Account removal still
+reaches it (the data of an account is dropped whatever the host serves). Whose domain
+counts: for a stanza from a local client (``*FromClient``, ``OutboundFilter``) the
+sender's, for one to a local account (``*ToLocal``, ``Undeliverable``, ``InboundFilter``,
+``MessageDelivered``) the recipient's, for an IQ the addressed account's or server's (the
+sender's own for an IQ to itself). The filter is chosen when the extension is loaded;
+without such hosts nothing is wrapped.
 """
 
 from __future__ import annotations
@@ -12,7 +24,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.words.xish import domish
 
 from tigasepy.sm.disco import Identity
-from tigasepy.sm.events import HookPoint, Target
+from tigasepy.sm.events import (
+    PASS, AccountEvent, AccountRemoved, DeliveryEvent, HookPoint, InboundFilter, MessageDelivered, MessageToLocal,
+    PresenceToLocal, SessionEvent, StanzaEvent, Target, Undeliverable,
+)
 
 if TYPE_CHECKING:
     from tigasepy.sm.manager import SessionManager
@@ -20,14 +35,46 @@ if TYPE_CHECKING:
 
 StreamFeature = Callable[[str, bool], "domish.Element | None"]
 
+#: Hook points whose stanza concerns its recipient (a local account); at the others, its sender.
+_RECIPIENT_POINTS = frozenset({MessageToLocal, PresenceToLocal, Undeliverable, InboundFilter, MessageDelivered})
+
+
+def event_domain(event: Any, recipient: bool) -> str | None:
+    """The hosted domain an event concerns (see the module docstring), or None."""
+    if isinstance(event, DeliveryEvent):
+        event, recipient = event.event, True
+    if isinstance(event, StanzaEvent):
+        if recipient:
+            jid = event.to
+        else:
+            jid = event.session.jid if event.session is not None else event.sender
+        return jid.host if jid is not None else None
+    if isinstance(event, SessionEvent):
+        return event.session.jid.host
+    if isinstance(event, AccountEvent):
+        return event.jid.rpartition("@")[2]
+    return None
+
+
+def _iq_domain(event: StanzaEvent) -> str | None:
+    if event.target is Target.SELF or event.to is None:
+        jid = event.session.jid if event.session is not None else event.sender
+    else:
+        jid = event.to
+    return jid.host if jid is not None else None
+
 
 class ExtensionHost:
     """One extension's view of the session manager."""
 
     def __init__(self, sm: "SessionManager", name: str) -> None:
+        from tigasepy.extensions import hosts_without
+
         self._sm = sm
         self.name = name
         self._undo: list[Callable[[], None]] = []
+        #: The hosted domains this extension does not serve (virtual hosts).
+        self.hidden_on: frozenset[str] = hosts_without(getattr(sm, "config", None), name)
 
     # -- facts --------------------------------------------------------------------------
     @property
@@ -61,18 +108,20 @@ class ExtensionHost:
     # -- registrations ------------------------------------------------------------------
     def add_feature(self, var: str, target: Target = Target.HOST) -> None:
         """Advertise a disco feature for the server (or for accounts with ``Target.BARE``)."""
-        self._sm.disco.add_feature(var, target)
-        self._undo.append(lambda: self._sm.disco.remove_feature(var, target))
+        hidden = self.hidden_on
+        self._sm.disco.add_feature(var, target, hidden)
+        self._undo.append(lambda: self._sm.disco.remove_feature(var, target, hidden))
 
     def add_identity(self, category: str, type_: str, name: str = "", target: Target = Target.HOST) -> None:
         """Advertise a disco identity."""
         identity = Identity(category, type_, name)
-        self._sm.disco.add_identity(identity, target)
-        self._undo.append(lambda: self._sm.disco.remove_identity(identity, target))
+        hidden = self.hidden_on
+        self._sm.disco.add_identity(identity, target, hidden)
+        self._undo.append(lambda: self._sm.disco.remove_identity(identity, target, hidden))
 
     def add_disco_form(self, form: domish.Element, target: Target = Target.HOST) -> None:
         """Add an extended information form (XEP-0128) to disco#info, e.g. XEP-0157's serverinfo."""
-        self._sm.disco.add_form(form, target)
+        self._sm.disco.add_form(form, target, self.hidden_on)
         self._undo.append(lambda: self._sm.disco.remove_form(form, target))
 
     def add_disco_node(self, node: str, info: Callable[..., Any] | None = None,
@@ -83,8 +132,25 @@ class ExtensionHost:
         ``node`` attribute is set for it), a Deferred / coroutine of one, or raises
         ``StanzaError``.
         """
+        if self.hidden_on:
+            info = self._guarded_node(info)
+            items = self._guarded_node(items)
         self._sm.disco.add_node(node, info, items, target)
         self._undo.append(lambda: self._sm.disco.remove_node(node, target))
+
+    def _guarded_node(self, handler: Callable[..., Any] | None) -> Callable[..., Any] | None:
+        if handler is None:
+            return None
+        hidden = self.hidden_on
+
+        def guarded(event: StanzaEvent) -> Any:
+            if _iq_domain(event) in hidden:
+                from tigasepy.xmpp.errors import StanzaError
+
+                raise StanzaError("item-not-found")
+            return handler(event)
+
+        return guarded
 
     def on_iq(self, uri: str, name: str, handler: Callable[..., Any], types: Iterable[str] = ("get",),
               targets: Iterable[Target] = (Target.HOST,)) -> None:
@@ -94,19 +160,47 @@ class ExtensionHost:
         None for an empty result, ``HANDLED`` when it replied itself, or a Deferred /
         coroutine of one of those; it raises ``StanzaError`` for an error reply.
         """
+        if self.hidden_on:
+            handler = self._guarded_iq(handler)
         for type_ in types:
             for target in targets:
                 key = (type_, uri, name, target)
                 self._sm.iqs.add(key, handler)
                 self._undo.append(lambda key=key: self._sm.iqs.remove(key, handler))
 
+    def _guarded_iq(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        hidden = self.hidden_on
+
+        def guarded(event: StanzaEvent) -> Any:
+            if _iq_domain(event) in hidden:
+                from tigasepy.xmpp.errors import StanzaError
+
+                raise StanzaError("service-unavailable")
+            return handler(event)
+
+        return guarded
+
     def hook(self, point: HookPoint, handler: Callable[..., Any], priority: int = 0) -> None:
         """Run ``handler`` at ``point``; higher priority first."""
+        if self.hidden_on and point is not AccountRemoved:
+            hidden, recipient, inner = self.hidden_on, point in _RECIPIENT_POINTS, handler
+
+            def handler(event: Any) -> Any:   # noqa: F811 - the guarded handler replaces it
+                if event_domain(event, recipient) in hidden:
+                    return PASS
+                return inner(event)
+
         self._sm.hooks.add(point, handler, priority)
         self._undo.append(lambda: self._sm.hooks.remove(point, handler))
 
     def add_stream_feature(self, feature: StreamFeature) -> None:
         """Contribute to ``<stream:features/>``: ``feature(domain, authenticated)`` returns an element or None."""
+        if self.hidden_on:
+            hidden, inner = self.hidden_on, feature
+
+            def feature(domain: str, authenticated: bool) -> "domish.Element | None":  # noqa: F811
+                return None if domain in hidden else inner(domain, authenticated)
+
         self._sm.stream_features.append(feature)
         self._undo.append(lambda: self._sm.stream_features.remove(feature))
 
@@ -116,6 +210,16 @@ class ExtensionHost:
         ``handler(domain, stanza)`` returns the reply payload like an ``on_iq`` handler.
         """
         key = (uri, name)
+        if self.hidden_on:
+            hidden, inner = self.hidden_on, handler
+
+            def handler(domain: str, stanza: domish.Element) -> Any:  # noqa: F811
+                if domain in hidden:
+                    from tigasepy.xmpp.errors import StanzaError
+
+                    raise StanzaError("service-unavailable")
+                return inner(domain, stanza)
+
         if key in self._sm.unauthenticated_iqs:
             raise ValueError(f"an unauthenticated IQ handler for {key} exists")
         self._sm.unauthenticated_iqs[key] = handler
