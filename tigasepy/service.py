@@ -285,7 +285,13 @@ class TigaseService(service.MultiService):
         if self.sm is None:
             return self._stop_connection_manager()
         if self.link is not None and self.link.running:
-            self.link.stopService()   # their sessions end here: unavailable, offline storage
+            # Remote sessions end first (unavailable, offline storage), then the rest stops.
+            d = defer.maybeDeferred(self.link.stopService)
+            d.addCallback(lambda _: self._stop_session_manager())
+            return d
+        return self._stop_session_manager()
+
+    def _stop_session_manager(self) -> Any:
         if self.federation is not None and self.federation.service.running:
             self.federation.service.stopService()   # closes s2s streams, bounces queues
         stops = [defer.maybeDeferred(l.stopService) for l in self.listeners if l.running]

@@ -21,7 +21,8 @@ from tigasepy.config import Config, ConfigError, default_config_text, default_do
 if TYPE_CHECKING:
     from twisted.application.service import IService
 
-__all__ = ["DEFAULT_CONFIG_PATH", "Options", "build_service", "makeService", "prepare_config", "write_first_config"]
+__all__ = ["DEFAULT_CONFIG_PATH", "Options", "build_service", "install_reload_signal", "makeService", "prepare_config",
+           "write_first_config"]
 
 _log = Logger()
 
@@ -149,6 +150,37 @@ def makeService(options: Options) -> IService:
 
     try:
         config = getattr(options, "loaded_config", None) or prepare_config(options)
-        return build_service(config, reactor)
+        service = build_service(config, reactor)
     except ConfigError as e:
         raise SystemExit(f"tigasepy: configuration error: {e}") from None
+    if hasattr(service, "reload_from_source"):
+        # A reload reads the file again with this run's command-line overrides.
+        service.config_loader = lambda: prepare_config(options)  # type: ignore[attr-defined]
+        reactor.callWhenRunning(install_reload_signal, service, reactor)
+    return service
+
+
+def install_reload_signal(service: Any, reactor: Any) -> None:
+    """SIGHUP reloads the configuration (``TigaseService.reload_from_source``).
+
+    The handler only schedules the reload on the reactor thread; an invalid file is
+    logged and changes nothing.
+    """
+    import signal
+
+    if not hasattr(signal, "SIGHUP"):
+        return
+
+    def on_hangup(signum: int, frame: Any) -> None:
+        reactor.callFromThread(_reload, service)
+
+    signal.signal(signal.SIGHUP, on_hangup)
+    _log.info("SIGHUP reloads the configuration")
+
+
+def _reload(service: Any) -> None:
+    _log.info("SIGHUP: reloading the configuration")
+    try:
+        service.reload_from_source()
+    except Exception:
+        _log.failure("configuration reload failed")

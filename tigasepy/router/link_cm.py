@@ -529,6 +529,8 @@ class LinkedClientStreamFactory(ClientStreamFactory):
 class LinkListenerFactory(protocol.Factory):
     """Accepts the session manager's link connections (one link session at a time)."""
 
+    noisy = False
+
     def __init__(self, link: RemoteSessionManager, settings: LinkSettings) -> None:
         self.link = link
         self.settings = settings

@@ -111,6 +111,8 @@ class RemoteClientSession:
 
 
 class _DialFactory(protocol.Factory):
+    noisy = False
+
     def __init__(self, peer: "ConnectionManagerPeer") -> None:
         self.peer = peer
 
@@ -163,15 +165,33 @@ class ConnectionManagerPeer(LinkSession):
         self._stopped = False
         self._dial()
 
-    def stop(self) -> None:
-        """Say goodbye to the connection manager and end the link session (shutdown)."""
+    def stop(self, timeout: float = 2.0) -> defer.Deferred:
+        """Say goodbye to the connection manager and end the link session (shutdown).
+
+        Waits (at most ``timeout`` seconds) for the connection manager to acknowledge the
+        goodbye, so that it closes its clients' streams at once instead of after the grace
+        period. Fires when the link session is over.
+        """
         self._stopped = True
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
-        if self.connected:
-            self.send_frame({"t": "bye"})
-        self.abandon("the session manager is stopping")
+        if not self.connected:
+            self.abandon("the session manager is stopping")
+            return defer.succeed(None)
+        self.send_frame({"t": "bye"})
+        done: defer.Deferred = defer.Deferred()
+        timer = self.clock.callLater(timeout, lambda: done.called or done.callback(None))
+
+        def acknowledged(_: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            if not done.called:
+                done.callback(None)
+
+        self.outbox.barrier().addCallback(acknowledged)
+        done.addCallback(lambda _: self.abandon("the session manager is stopping"))
+        return done
 
     def _dial(self) -> None:
         self._retry = None
@@ -479,9 +499,8 @@ class SessionManagerLinks(service.Service):
             peer.start()
 
     def stopService(self) -> Any:
-        for peer in self.peers.values():
-            peer.stop()
-        return super().stopService()
+        super().stopService()
+        return defer.DeferredList([peer.stop() for peer in self.peers.values()])
 
     def reconfigure(self, config: Config) -> list[str]:
         """Apply a new ``[link]``: connect to added connection managers, leave removed ones.
@@ -494,7 +513,7 @@ class SessionManagerLinks(service.Service):
         self.config = config
         self.settings.config = config.link
         for address in sorted(old - new):
-            self.peers.pop(address).stop()
+            self.peers.pop(address).stop()   # (fires once the connection manager said goodbye)
             changes.append(f"link: no longer connecting to {address}")
         for peer in self.peers.values():
             peer.reconfigure(config.link)
