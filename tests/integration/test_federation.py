@@ -22,11 +22,9 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 
-from support.federation import FederatedClientPool, TestCA, federation_overrides
+from support.federation import FederatedClientPool, TestCA, federation_overrides, subscribe_presence_and_chat
 from support.server import RunningServer, free_port, start_server
-from support.xmpp_clients import (
-    ClientPool, asyncio_test, fetch_roster, is_chat, is_presence, is_push_for, online, run_in_reactor,
-)
+from support.xmpp_clients import ClientPool, asyncio_test, online, run_in_reactor
 
 A, B = "a.localhost", "b.localhost"
 PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-2"}
@@ -96,35 +94,7 @@ async def test_users_on_two_servers_subscribe_exchange_presence_and_chat(federat
     and chat both ways; the servers authenticated each other as the mode says."""
     alice = await online(federation.clients_a, "alice", "home")
     bob = await online(federation.clients_b, "bob", "work")
-    a, b = f"alice@{A}", f"bob@{B}"
-
-    alice.send_presence(pto=b, ptype="subscribe")
-    request = await bob.presences.wait_for(is_presence("subscribe", a), what="subscribe from alice@a")
-    assert request.xml.get("from") == a
-    bob.send_presence(pto=a, ptype="subscribed")
-    await alice.roster_pushes.wait_for(is_push_for(b, subscription="to"), what="push: bob to")
-    seen = await alice.presences.wait_for(is_presence(None, b), what="bob's presence at alice")
-    assert seen.xml.get("from") == f"{b}/work"
-
-    bob.send_presence(pto=a, ptype="subscribe")
-    await alice.presences.wait_for(is_presence("subscribe", b), what="subscribe from bob@b")
-    alice.send_presence(pto=b, ptype="subscribed")
-    await bob.roster_pushes.wait_for(is_push_for(a, subscription="both"), what="push: alice both")
-    seen = await bob.presences.wait_for(is_presence(None, a), what="alice's presence at bob")
-    assert seen.xml.get("from") == f"{a}/home"
-    assert (await fetch_roster(alice))[b]["subscription"] == "both"
-
-    alice.send_message(mto=b, mbody="hello from a", mtype="chat")
-    got = await bob.messages.wait_for(is_chat("hello from a"), what="alice's message")
-    assert got.xml.get("from") == f"{a}/home"
-    bob.send_message(mto=f"{a}/home", mbody="hello from b", mtype="chat")
-    got = await alice.messages.wait_for(is_chat("hello from b"), what="bob's reply")
-    assert got.xml.get("from") == f"{b}/work"
-
-    bob.send_presence(pstatus="away for lunch", pshow="away")
-    away = await alice.presences.wait_for(lambda p: p.xml.get("from") == f"{b}/work" and p["show"] == "away",
-                                          what="bob's away presence")
-    assert away["status"] == "away for lunch"
+    await subscribe_presence_and_chat(alice, bob)
 
     a_out, b_out = federation.outgoing_methods(federation.a), federation.outgoing_methods(federation.b)
     a_in, b_in = federation.incoming_methods(federation.a), federation.incoming_methods(federation.b)

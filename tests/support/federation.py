@@ -134,3 +134,45 @@ class FederatedClientPool(ClientPool):
                             max_tls_version=max_tls_version)
         self.clients.append(client)
         return client
+
+
+async def subscribe_presence_and_chat(alice: TestClient, bob: TestClient) -> None:
+    """The federation scenario between two online clients on different servers: mutual
+    subscription (each approves the other's request), each sees the other's presence,
+    a message each way (bare and full JID), then a presence change reaches the contact."""
+    from support.xmpp_clients import fetch_roster, is_chat, is_presence, is_push_for
+
+    a, b = alice.boundjid.bare, bob.boundjid.bare
+    a_full, b_full = alice.boundjid.full, bob.boundjid.full
+
+    alice.send_presence(pto=b, ptype="subscribe")
+    request = await bob.presences.wait_for(is_presence("subscribe", a), what=f"subscribe from {a}")
+    assert request.xml.get("from") == a
+    bob.send_presence(pto=a, ptype="subscribed")
+    await alice.roster_pushes.wait_for(is_push_for(b, subscription="to"), what=f"push: {b} to")
+    seen = await alice.presences.wait_for(is_presence(None, b), what=f"{b}'s presence")
+    assert seen.xml.get("from") == b_full
+
+    bob.send_presence(pto=a, ptype="subscribe")
+    await alice.presences.wait_for(is_presence("subscribe", b), what=f"subscribe from {b}")
+    alice.send_presence(pto=b, ptype="subscribed")
+    await bob.roster_pushes.wait_for(is_push_for(a, subscription="both"), what=f"push: {a} both")
+    seen = await bob.presences.wait_for(is_presence(None, a), what=f"{a}'s presence")
+    assert seen.xml.get("from") == a_full
+    assert (await fetch_roster(alice))[b]["subscription"] == "both"
+    assert (await fetch_roster(bob))[a]["subscription"] == "both"
+
+    alice.send_message(mto=b, mbody=f"hello from {a}", mtype="chat")
+    got = await bob.messages.wait_for(is_chat(f"hello from {a}"), what=f"{a}'s message")
+    assert got.xml.get("from") == a_full
+    bob.send_message(mto=a_full, mbody=f"hello from {b}", mtype="chat")
+    got = await alice.messages.wait_for(is_chat(f"hello from {b}"), what=f"{b}'s reply")
+    assert got.xml.get("from") == b_full
+
+    bob.send_presence(pstatus="away for lunch", pshow="away")
+    away = await alice.presences.wait_for(lambda p: p.xml.get("from") == b_full and p["show"] == "away",
+                                          what=f"{b}'s away presence")
+    assert away["status"] == "away for lunch"
+    alice.send_presence(pshow="dnd")
+    await bob.presences.wait_for(lambda p: p.xml.get("from") == a_full and p["show"] == "dnd",
+                                 what=f"{a}'s dnd presence")
