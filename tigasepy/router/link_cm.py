@@ -305,6 +305,7 @@ class RemoteSessionManager(LinkSession):
             self._take_features(header)
         elif kind == "bye":
             self._log.info("the session manager is shutting down")
+            self.send_ack()   # it waits for this before it closes the link
             self.abandon("the session manager shut down")
         else:
             self._log.warn("link: unknown frame type {type} from the session manager", type=kind)
