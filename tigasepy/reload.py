@@ -18,9 +18,14 @@ differences, leaving every session the change does not concern alone:
   grace period and limits.
 - ``[server] admins`` and anything extensions read from the config at use.
 
-What a reload cannot change in place (roles, domains, the data directory, storage,
-authentication, certificates, the link listener, outgoing component connections) is
-kept as it was and listed in the report as needing a restart.
+- ``[server] domains`` and ``[hosts."DOMAIN"]``: virtual hosts added or removed, host
+  certificates, extensions served per host (``tigasepy/vhosts.py``); other hosts'
+  sessions are not touched.
+
+What a reload cannot change in place (roles, the first domain and any domain change in a
+split deployment, the data directory, storage, authentication other than the
+``[auth.hosts]`` entry of a host being added, ``[tls]``, the link listener, outgoing
+component connections) is kept as it was and listed in the report as needing a restart.
 """
 
 from __future__ import annotations
@@ -86,22 +91,41 @@ def apply_reload(server: "TigaseService", new: Config) -> ReloadReport:
     except ConfigError as e:
         _log.error("configuration reload refused, nothing changed: {error}", error=str(e))
         return ReloadReport(error=str(e))
+    from tigasepy import vhosts
+
+    hosts = plan.get("hosts")     # virtual hosts added/removed in place (tigasepy/vhosts.py)
     for what, get in _RESTART_ONLY:
+        if hosts is not None and what in vhosts.APPLIED:
+            continue
+        if hosts is not None and what == "[auth]":
+            if vhosts.comparable_auth(old, hosts) != vhosts.comparable_auth(new, hosts):
+                report.restart.append(what)
+            continue
         if get(old) != get(new):
             report.restart.append(what)
     # What needs a restart keeps its old value in the config in force.
     import dataclasses
 
+    domains = new.server.domains if hosts is not None else old.server.domains
+    auth = vhosts.auth_in_force(old, new, hosts) if hosts is not None else old.auth
     kept = dataclasses.replace(new, server=dataclasses.replace(new.server, roles=old.server.roles,
-                                                               domains=old.server.domains,
+                                                               domains=domains,
                                                                data_dir=old.server.data_dir),
-                               storage=old.storage, auth=old.auth, tls=old.tls)
+                               storage=old.storage, auth=auth, tls=old.tls)
+    if hosts is None:
+        # Host certificates apply with the hosts; without a hosts plan they stay as they were.
+        kept = dataclasses.replace(kept, hosts={d: dataclasses.replace(
+            h, certificate=old.host(d).certificate, private_key=old.host(d).private_key)
+            for d, h in kept.hosts.items()})
     server.config = kept
     _apply_c2s(server, old, kept, report)
     if server.sm is not None:
         server.sm.config = kept
         server.sm.max_resources = kept.c2s.max_resources_per_account
+        if hosts is not None:
+            vhosts.apply_hosts(server, hosts, kept, report)
         _apply_extensions(server, plan["extensions"], report)
+        vhosts.reload_extensions_served_differently(server, report)
         _apply_components(server, plan, report)
     if server.link is not None:
         report.changes.extend(server.link.reconfigure(kept))
@@ -128,6 +152,9 @@ def _prepare(server: "TigaseService", old: Config, new: Config) -> dict[str, Any
     from tigasepy.components import components_plan
     from tigasepy.extensions import extensions_for
 
+    from tigasepy.vhosts import plan_hosts
+
+    plan["hosts"] = plan_hosts(server, old, new)
     plan["extensions"] = extensions_for(new)
     components = components_plan(new.components, Path(new.source).parent if new.source else None)
     for domain in components.domains:

@@ -41,6 +41,8 @@ __all__ = [
     "ensure_certificate",
     "generate_self_signed",
     "server_context_factory",
+    "prepare_retarget",
+    "retarget",
     "server_context_for",
     "with_sni",
 ]
@@ -305,12 +307,45 @@ def host_certificates(config: Config) -> dict[str, tuple[Path, Path]]:
     return out
 
 
+def _name_key(name: str) -> str:
+    return _ascii_domain(name).lower().rstrip(".")
+
+
+class _ServerNames:
+    """The servername callback of a server context: switches a connection to the context of
+    the name the client asked for (``by_name``), else to ``fallback`` when one is set (the
+    server's certificate made anew since the listeners started), else keeps the original."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, SSL.Context] = {}
+        self.fallback: SSL.Context | None = None
+
+    def __call__(self, connection: SSL.Connection) -> None:
+        name = connection.get_servername()
+        context = self.by_name.get(name.decode("ascii", "replace").lower().rstrip(".")) if name else None
+        if context is None:
+            context = self.fallback
+        if context is not None:
+            connection.set_context(context)
+
+
+def _server_names(factory: CertificateOptions) -> _ServerNames:
+    names = getattr(factory, "_tigasepy_server_names", None)
+    if names is None:
+        names = _ServerNames()
+        factory.getContext().set_tlsext_servername_callback(names)
+        factory._tigasepy_server_names = names  # type: ignore[attr-defined]
+    return names
+
+
 def server_context_for(config: Config, *, alpn: tuple[bytes, ...] = (ALPN_XMPP_CLIENT,)) -> CertificateOptions:
     """The server's TLS context factory for ``config``.
 
     The certificate of ``[tls]`` (or the generated one, ``ensure_certificate``) by default;
     a client that names a virtual host with a certificate of its own (``[hosts."DOMAIN"]
     certificate``/``private_key``) in its TLS server name indication gets that one.
+    ``retarget`` points the same factory at another config's certificates later (virtual
+    hosts added or removed at run time), so listeners and streams keep using it.
 
     Raises:
         ConfigError: a certificate or key file is missing, unreadable or mismatched.
@@ -319,7 +354,28 @@ def server_context_for(config: Config, *, alpn: tuple[bytes, ...] = (ALPN_XMPP_C
     default = server_context_factory(cert, key, alpn=alpn)
     by_name = {domain: server_context_factory(c, k, alpn=alpn, option_path=("hosts", domain))
                for domain, (c, k) in host_certificates(config).items()}
-    return with_sni(default, by_name) if by_name else default
+    return with_sni(default, by_name)
+
+
+def prepare_retarget(config: Config, *, alpn: tuple[bytes, ...] = (ALPN_XMPP_CLIENT,)) -> tuple[Any, Any]:
+    """The contexts ``retarget`` installs for ``config`` (generates the server's certificate
+    anew when a domain was added); nothing in service changes yet.
+
+    Raises:
+        ConfigError: as ``server_context_for``.
+    """
+    cert, key = ensure_certificate(config)
+    fallback = server_context_factory(cert, key, alpn=alpn).getContext()
+    by_name = {_name_key(domain): server_context_factory(c, k, alpn=alpn, option_path=("hosts", domain)).getContext()
+               for domain, (c, k) in host_certificates(config).items()}
+    return fallback, by_name
+
+
+def retarget(factory: CertificateOptions, prepared: tuple[Any, Any]) -> None:
+    """Make ``factory`` (from ``server_context_for``) serve the contexts ``prepared`` by
+    ``prepare_retarget``: new handshakes get them, open connections are untouched."""
+    names = _server_names(factory)
+    names.fallback, names.by_name = prepared
 
 
 def with_sni(default: CertificateOptions, by_name: dict[str, CertificateOptions]) -> CertificateOptions:
@@ -329,17 +385,8 @@ def with_sni(default: CertificateOptions, by_name: dict[str, CertificateOptions]
 
     Returns ``default`` itself (its context gets the servername callback).
     """
-    contexts = {_ascii_domain(name).lower().rstrip("."): options.getContext() for name, options in by_name.items()}
-
-    def choose(connection: SSL.Connection) -> None:
-        name = connection.get_servername()
-        if not name:
-            return
-        context = contexts.get(name.decode("ascii", "replace").lower().rstrip("."))
-        if context is not None:
-            connection.set_context(context)
-
-    default.getContext().set_tlsext_servername_callback(choose)
+    names = _server_names(default)
+    names.by_name = {_name_key(name): options.getContext() for name, options in by_name.items()}
     return default
 
 

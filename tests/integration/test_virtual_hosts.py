@@ -47,3 +47,4 @@ async def test_a_host_with_its_own_certificate_presents_it(xmpp_server: RunningS
     with pytest.raises((LoginFailed, AssertionError)):
         await alice.login(port, direct_tls=direct_tls, timeout=5)
     await (await clients.login("alice", direct_tls=direct_tls)).ping_server()
+

@@ -36,6 +36,21 @@ class Authentication:
     anonymous: AnonymousAccounts
     ldap: Any = None
     warnings: list[str] = field(default_factory=list)
+    #: Builds the chain of a domain (``chain_for(domain, auth_config)``): virtual hosts added at run time.
+    chain_for: Any = None
+
+    def add_host(self, domain: str, auth: Any) -> None:
+        """Give ``domain`` its chain (``auth``: the ``[auth]`` config with its ``[auth.hosts]`` entry)."""
+        chain = self.chain_for(domain, auth)
+        self.chains[domain] = chain
+        self.service.set_authenticator(domain, chain)
+        if self.ldap is None and "ldap" in chain.names:
+            self.ldap = chain.members[chain.names.index("ldap")]
+
+    def remove_host(self, domain: str) -> None:
+        """Stop authenticating ``domain``'s accounts."""
+        self.chains.pop(domain, None)
+        self.service.remove_authenticator(domain)
 
     def attach(self, sm: Any) -> None:
         """Let anonymous accounts end with their last session on ``sm``."""
@@ -113,14 +128,16 @@ def build_authentication(config: Config, stores: Any, reactor: Any) -> Authentic
 
     anonymous = AnonymousAccounts(reactor)
     anonymous_authenticator = AnonymousAuthenticator(anonymous)
-    chains: dict[str, AuthenticatorChain] = {}
-    for domain in config.server.domains:
+
+    def chain_for(domain: str, auth: Any) -> AuthenticatorChain:
         names = list(auth.chain_of(domain))
         members = [authenticator(name) for name in names]
         if auth.anonymous_on(domain):
             names.append("anonymous")
             members.append(anonymous_authenticator)
-        chains[domain] = AuthenticatorChain(members, names)
+        return AuthenticatorChain(members, names)
+
+    chains: dict[str, AuthenticatorChain] = {domain: chain_for(domain, auth) for domain in config.server.domains}
     service = AuthenticationService(chains, allow_plain_without_tls=config.c2s.allow_plain_without_tls)
     return Authentication(service=service, chains=chains, anonymous=anonymous, ldap=built.get("ldap"),
-                          warnings=warnings)
+                          warnings=warnings, chain_for=chain_for)

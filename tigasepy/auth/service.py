@@ -38,6 +38,14 @@ class AuthenticationService:
         self._authenticators = dict(authenticators)
         self._allow_plain_without_tls = allow_plain_without_tls
 
+    def set_authenticator(self, domain: str, authenticator: IAuthenticator) -> None:
+        """Authenticate ``domain``'s accounts with ``authenticator`` (a virtual host added at run time)."""
+        self._authenticators[domain] = authenticator
+
+    def remove_authenticator(self, domain: str) -> None:
+        """Stop authenticating for ``domain`` (a virtual host removed at run time)."""
+        self._authenticators.pop(domain, None)
+
     def mechanisms(self, context: SaslContext) -> list[str]:
         """See ``IAuthenticationService.mechanisms``; none for a domain not hosted here."""
         authenticator = self._authenticators.get(context.domain)

@@ -75,34 +75,28 @@ class EntityCapabilities:
                                    registry.forms(Target.HOST, domain), self._config.hash)
 
     def _refresh(self) -> None:
-        """Recompute ``ver`` and move the ``node#ver`` disco node to it."""
+        """Recompute ``ver`` and move the ``node#ver`` disco node to it; virtual hosts whose
+        disco#info differs (extensions they do not serve) get a ver and node of their own."""
         registry = self._registry
         ver = self._verification(None)
-        self._refresh_hosts(ver)
-        if ver == self._ver and self._node is not None:
+        host_vers: dict[str, str] = {}
+        if registry.varies_by_domain:
+            for domain in self._host.domains:
+                own = self._verification(domain)
+                if own != ver:
+                    host_vers[domain] = own
+        if ver == self._ver and self._node is not None and host_vers == self._host_vers:
             return
+        for node in {self._node, *self._host_nodes.values()} - {None}:
+            registry.remove_node(node, Target.HOST)
         self._ver = ver
-        if self._node is not None:
-            registry.remove_node(self._node, Target.HOST)
         self._node = f"{self._config.node}#{ver}"
         registry.add_node(self._node, info=self._info, target=Target.HOST)
-
-    def _refresh_hosts(self, common: str) -> None:
-        """A ver (and node) of its own for each hosted domain whose disco#info differs."""
-        for node in set(self._host_nodes.values()):
-            if node != self._node:
-                self._registry.remove_node(node, Target.HOST)
-        self._host_vers, self._host_nodes = {}, {}
-        if not self._registry.varies_by_domain:
-            return
-        for domain in self._host.domains:
-            ver = self._verification(domain)
-            if ver == common:
-                continue
-            self._host_vers[domain] = ver
-            node = f"{self._config.node}#{ver}"
+        self._host_vers, self._host_nodes = host_vers, {}
+        for domain, own in host_vers.items():
+            node = f"{self._config.node}#{own}"
             if node not in self._host_nodes.values():
-                self._registry.add_node(node, info=self._host_info, target=Target.HOST)
+                registry.add_node(node, info=self._host_info, target=Target.HOST)
             self._host_nodes[domain] = node
 
     def _host_info(self, event: StanzaEvent) -> domish.Element:
@@ -111,7 +105,7 @@ class EntityCapabilities:
     def _close(self) -> None:
         for node in set(self._host_nodes.values()):
             self._registry.remove_node(node, Target.HOST)
-        self._host_nodes = {}
+        self._host_nodes, self._host_vers = {}, {}
         self._registry.unwatch(self._refresh)
         if self._node is not None:
             self._registry.remove_node(self._node, Target.HOST)

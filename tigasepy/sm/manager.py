@@ -119,6 +119,11 @@ class SessionManager(service.Service):
         return drained.addCallback(_unload)
 
     # -- ISessionManager ----------------------------------------------------------------
+    def set_domains(self, domains: Iterable[str]) -> None:
+        """Host exactly ``domains`` from now on (virtual hosts added or removed at run time)."""
+        self.domains = tuple(domains)
+        self._domain_set = frozenset(self.domains)
+
     def is_local_domain(self, domain: str) -> bool:
         """True when ``domain`` is hosted here."""
         return domain in self._domain_set
