@@ -115,6 +115,7 @@ class TigaseService(service.MultiService):
         self.router = Router()
         self.sm = SessionManager(config.server.domains, self.stores, self.router, reactor,
                                  max_resources=config.c2s.max_resources_per_account, config=config)
+        self.sm.reloader = self.reload_from_source     # the admin "reload configuration" command
         for domain in config.server.domains:
             self.router.add_route(domain, LocalDelivery(domain, self.sm))
         self.extension_classes = extensions_for(config)   # [extensions], [hosts] registration

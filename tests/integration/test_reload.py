@@ -135,3 +135,23 @@ async def test_settings_that_need_a_restart_are_reported(xmpp_server: RunningSer
         config, storage=dataclasses.replace(config.storage, path="elsewhere.sqlite")))
     assert report.ok and "[storage]" in report.restart
     assert xmpp_server.service.config.storage.path == config.storage.path
+
+
+@pytest.mark.parametrize("server_overrides", [{"server": {"admins": ["alice@localhost"]}}])
+@asyncio_test
+async def test_the_admin_reload_command_applies_the_file(xmpp_server: RunningServer, clients: ClientPool) -> None:
+    """An admin runs "Reload Configuration" (ad-hoc): the file's new extension settings
+    apply, and the admin's own session stays."""
+    COMMANDS = "http://jabber.org/protocol/commands"
+    config = xmpp_server.service.config
+    xmpp_server.service.config_loader = lambda: dataclasses.replace(
+        config, extensions={**config.extensions, "version": {"enabled": False}})
+    alice = await clients.login("alice", resource="console")
+    alice.register_plugin("xep_0050")
+    assert VERSION in await features(alice)
+    done = await alice.plugin["xep_0050"].send_command(
+        "localhost", "urn:tigasepy:admin#reload-configuration", timeout=5)
+    assert done["command"]["status"] == "completed"
+    notes = [n.text for n in done.xml.iter(f"{{{COMMANDS}}}note")]
+    assert "Applied: extension version disabled" in notes
+    assert VERSION not in await features(alice)

@@ -25,6 +25,7 @@ ALICE = "alice@example.org"
 BOB = "bob@example.org"
 NODES = [f"{ADMIN}#{name}" for name in ("add-user", "delete-user", "end-user-session", "change-user-password",
                                          "get-online-users-num", "get-online-users-list", "announce")]
+NODES.append("urn:tigasepy:admin#reload-configuration")
 
 
 @pytest.fixture

@@ -177,6 +177,18 @@ class ServerAdmin:
             return [session] if session is not None else []
         return self._host.sessions(parsed.userhost())
 
+    # -- configuration ------------------------------------------------------------------
+    def reload_configuration(self) -> Any:
+        """Read the configuration file again and apply it without a restart.
+
+        Returns the ``tigasepy.reload.ReloadReport``: what changed, what needs a restart,
+        or why the file was refused (then nothing changed).
+        """
+        report = self._host.reload_configuration()
+        self._log.info("configuration reload requested by an administrator: {summary}",
+                       summary=report.summary())
+        return report
+
     def announce(self, body: str, subject: str | None = None, domains: Collection[str] | None = None) -> int:
         """Send a headline message from the server to every bound session.
 

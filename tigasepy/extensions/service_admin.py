@@ -248,8 +248,27 @@ class Announce(AdminCommand):
         return _result([("info", f"Sent to {sent} session(s)")])
 
 
+class ReloadConfiguration(AdminCommand):
+    """Read the configuration file again and apply it without a restart (not in XEP-0133;
+    the equivalent of SIGHUP, see ``tigasepy/reload.py``)."""
+
+    node = "urn:tigasepy:admin#reload-configuration"
+    name = "Reload Configuration"
+
+    def run(self, session: CommandSession, values: dict[str, Any]) -> Stage:
+        try:
+            report = self.admin.reload_configuration()
+        except RuntimeError as e:
+            raise StanzaError("feature-not-implemented", str(e)) from None
+        if not report.ok:
+            return _result([("error", report.summary())])
+        notes = [("info", f"Applied: {change}") for change in report.changes] or [("info", "No changes")]
+        notes += [("warn", f"Needs a restart: {what}") for what in report.restart]
+        return _result(notes)
+
+
 COMMAND_TYPES = (AddUser, DeleteUser, EndUserSession, ChangeUserPassword, GetOnlineUsersNum,
-                 GetOnlineUsersList, Announce)
+                 GetOnlineUsersList, Announce, ReloadConfiguration)
 
 
 def admin_commands(host: ExtensionHost) -> list[AdminCommand]:

@@ -266,6 +266,17 @@ class ExtensionHost:
         """A Deferred firing True when ``bare`` is a local account."""
         return self._sm.account_exists(bare)
 
+    def reload_configuration(self) -> Any:
+        """Reload the server's configuration file and apply it (``tigasepy/reload.py``).
+
+        Returns the ``ReloadReport``. Raises ``RuntimeError`` when the server was built
+        without a way to reload (an embedder's own tree).
+        """
+        reloader = self._sm.reloader
+        if reloader is None:
+            raise RuntimeError("this server cannot reload its configuration")
+        return reloader()
+
     def close(self) -> None:
         """Undo every registration, newest first."""
         while self._undo:

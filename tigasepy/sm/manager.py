@@ -81,6 +81,8 @@ class SessionManager(service.Service):
         self._by_handle: dict[int, BoundSession] = {}
         # Bounded, owned by this service: stringprep is the costliest part of addressing.
         self.parse_jid = functools.lru_cache(maxsize=_JID_CACHE_SIZE)(parse_jid)
+        #: Reloads the server's configuration (set by the service tree; ``tigasepy/reload.py``).
+        self.reloader: Any = None
 
     # -- extensions ---------------------------------------------------------------------
     def load_extension(self, cls: type, config: Any) -> Any:
