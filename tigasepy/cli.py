@@ -10,6 +10,8 @@
     tigasepy [--config PATH] db upgrade
     tigasepy [--config PATH] export [--domain D]... FILE_OR_DIR
     tigasepy [--config PATH] import [--domain D]... [--skip-existing | --replace] FILE...
+    tigasepy [--config PATH] host add|del DOMAIN
+    tigasepy [--config PATH] host list
 
 These spellings are stable: scripts depend on them. The commands work while the
 server runs: they open the database ([storage] backend: SQLite in WAL mode, or
@@ -427,6 +429,78 @@ def _run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- host (virtual hosts) ------------------------------------------------------------------
+
+_RELOAD_HINT = ("a running server applies it on reload (SIGHUP to its process, or the ad-hoc command "
+                "'Reload Configuration'), without touching other hosts' sessions")
+
+
+def _configure_host(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="host_action", metavar="ACTION", required=True)
+    add = actions.add_parser("add", help="add a hosted domain to [server] domains in the config file")
+    add.add_argument("domain", metavar="DOMAIN")
+    add.set_defaults(run=_run_host_add)
+    delete = actions.add_parser("del", help="remove a hosted domain from the config file (its accounts "
+                                            "stay in the database)")
+    delete.add_argument("domain", metavar="DOMAIN")
+    delete.set_defaults(run=_run_host_del)
+    listing = actions.add_parser("list", help="list the hosted domains, one per line")
+    listing.set_defaults(run=_run_host_list)
+
+
+def _edit_domains(args: argparse.Namespace, change: Callable[[list[str], str], list[str]]) -> Config:
+    from tigasepy.admin.config_file import ConfigEditError, set_domains
+
+    config = _load(args)
+    domain = args.domain.strip().lower().rstrip(".")
+    domains = change(list(config.server.domains), domain)
+    try:
+        return set_domains(Path(args.config), domains)
+    except ConfigEditError as e:
+        raise CliError(str(e)) from None
+
+
+def _run_host_add(args: argparse.Namespace) -> int:
+    def add(domains: list[str], domain: str) -> list[str]:
+        from tigasepy.xmpp.jid import InvalidFormat, parse_jid
+
+        try:
+            parsed = parse_jid(domain)
+        except InvalidFormat:
+            parsed = None
+        if parsed is None or parsed.user or parsed.resource or parsed.host != domain or " " in domain:
+            raise CliError(f"{domain!r} is not a domain name")
+        if domain in domains:
+            raise CliError(f"{domain} is hosted already")
+        return domains + [domain]
+
+    config = _edit_domains(args, add)
+    _out(f"added host {config.server.domains[-1]} to {args.config}; {_RELOAD_HINT}")
+    return 0
+
+
+def _run_host_del(args: argparse.Namespace) -> int:
+    def remove(domains: list[str], domain: str) -> list[str]:
+        if domain not in domains:
+            raise CliError(f"{domain} is not hosted here (server.domains)")
+        if len(domains) == 1:
+            raise CliError(f"{domain} is the only hosted domain; a server needs one")
+        return [d for d in domains if d != domain]
+
+    before = _load(args).server.domains
+    _edit_domains(args, remove)
+    domain = args.domain.strip().lower().rstrip(".")
+    note = "; the first domain changes at the next restart" if before[0] == domain else ""
+    _out(f"removed host {domain} from {args.config} (its accounts stay in the database); {_RELOAD_HINT}{note}")
+    return 0
+
+
+def _run_host_list(args: argparse.Namespace) -> int:
+    for domain in _load(args).server.domains:
+        _out(domain)
+    return 0
+
+
 # --- the registry and main ------------------------------------------------------------------
 
 #: Every top-level subcommand, in help order. Add new ones here.
@@ -439,6 +513,7 @@ COMMANDS: tuple[Command, ...] = (
             _run_export),
     Command("import", "read accounts and their data from XEP-0227 files (ejabberd, Prosody, tigasepy)",
             _configure_import, _run_import),
+    Command("host", "virtual hosts in the config file: add, del, list", _configure_host),
 )
 
 
