@@ -840,6 +840,14 @@ data_dir = "data"
 # domain = "helpdesk.{domain}"
 # secret_file = "helpdesk.secret"   # its first line; relative to this file's folder
 
+# Virtual hosts: a table per hosted domain that differs from the rest (docs/configuration.md).
+# `tigasepy host add/del` edits the domains list above; a reload applies it.
+# [hosts."guest.{domain}"]
+# registration = true               # in-band registration on this host only
+# certificate = ""                  # its own certificate, served by SNI
+# private_key = ""
+# extensions = {{ mam = false }}      # extensions this host does (not) serve
+
 # Extensions: each [extensions.NAME] table takes `enabled` plus the extension's options.
 [extensions.register]
 # In-band registration (XEP-0077): anyone can create an account when enabled.
