@@ -22,7 +22,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 from OpenSSL import SSL, crypto
-from service_identity import VerificationError
+from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import extract_patterns
 from service_identity.hazmat import DNS_ID, SRV_ID, verify_service_identity
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -103,7 +103,7 @@ def certificate_matches(certificate: x509.Certificate, domain: str) -> bool:
         try:
             verify_service_identity(patterns, obligatory_ids=[identity], optional_ids=[])
             return True
-        except (VerificationError, ValueError):
+        except (VerificationError, CertificateError, ValueError):
             continue
     return domain.lower() in (name.lower() for name in xmpp_addrs(certificate))
 

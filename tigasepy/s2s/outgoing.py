@@ -133,11 +133,12 @@ class OutgoingRoute:
         return queued
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
-        """Stop: close the stream (with ``condition``), bounce what is queued."""
+        """Stop: close the stream (with the stream error ``condition``), bounce what is queued
+        (``remote-server-timeout``: the sender may try again later)."""
         if self.state == _State.CLOSED:
             return
         stream, self.stream = self.stream, None
-        self._give_up(condition or "remote-server-timeout", text or "federation stopped")
+        self._give_up("remote-server-timeout", text or "federation stopped")
         if stream is not None:
             stream.close(condition, text)
 
@@ -280,13 +281,14 @@ class OutgoingRoute:
             stream.send_stanza(self.queue.popleft())
 
     def stream_failed(self, stream: "OutgoingServerStream", condition: str, reason: str) -> None:
-        """``stream`` cannot be used (policy, authentication refused): no other target is tried."""
-        if stream is not self.stream:
+        """``stream`` cannot be used (policy, authentication refused): no other target is
+        tried, and what waits bounces now rather than when the connection is gone."""
+        if stream is not self.stream or self.state == _State.CLOSED:
             return
-        self._condition = condition
-        self._reason = reason
-        self.targets = []
         self._log.info("s2s: stream to {remote} failed: {reason}", remote=self.remote, reason=reason)
+        self.stream = None
+        self.targets = []
+        self._give_up(condition, reason)
 
     def stream_closing(self, stream: "OutgoingServerStream") -> None:
         """``stream`` is being closed (idle, peer closed, shutdown): new stanzas need a new route."""
