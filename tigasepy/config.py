@@ -547,6 +547,78 @@ class HostConfig:
 
 
 @dataclass(frozen=True)
+class HttpUploadConfig:
+    """``[http.upload]``: XEP-0363 HTTP File Upload, served by the component ``domain``."""
+
+    enabled: bool = True
+    domain: str = ""                 # empty: upload.<first hosted domain>
+    storage_dir: str = "uploads"     # relative to data_dir
+    max_file_size: int = 10 * 1024 * 1024
+    quota_per_user: int = 100 * 1024 * 1024
+    expiry_days: int = 30            # files are removed after this many days; 0: kept
+    slot_lifetime_s: int = 300       # a PUT URL is valid this long
+    allowed_content_types: tuple[str, ...] = ()   # empty: any type
+
+    def validate(self, path: tuple[str, ...]) -> None:
+        _at_least(path + ("max_file_size",), self.max_file_size, 1)
+        _at_least(path + ("quota_per_user",), self.quota_per_user, 0)
+        _at_least(path + ("expiry_days",), self.expiry_days, 0)
+        _at_least(path + ("slot_lifetime_s",), self.slot_lifetime_s, 10)
+        if self.domain:
+            _check_domain_name(self.domain, path + ("domain",))
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """``[http]``: the web listener (RFC 7395 WebSocket, XEP-0206 BOSH, XEP-0363 upload,
+    XEP-0156 host-meta). ``public_url`` is the base clients reach (behind a proxy too)."""
+
+    enabled: bool = False
+    interface: str = "0.0.0.0"
+    port: int = 5280                 # plain HTTP; 0 disables
+    tls_port: int = 5281             # HTTPS with the server certificate; 0 disables
+    public_url: str = ""             # e.g. "https://example.org:5281"; empty: https://<domain>:<tls_port>
+    behind_tls_proxy: bool = False   # plain-HTTP sessions count as secure (a TLS proxy in front)
+    websocket_path: str = "/xmpp-websocket"
+    bosh_path: str = "/http-bind"
+    upload_path: str = "/upload"
+    max_request_bytes: int = 65536   # BOSH bodies and other small requests
+    websocket_max_frame_bytes: int = 262144
+    websocket_ping_s: int = 60
+    bosh_max_wait_s: int = 60
+    bosh_max_hold: int = 1
+    bosh_max_requests: int = 2
+    bosh_inactivity_s: int = 60
+    bosh_max_pause_s: int = 120
+    bosh_max_queued: int = 1000
+    max_sessions: int = 10000
+    upload: HttpUploadConfig = field(default_factory=HttpUploadConfig)
+
+    def validate(self, path: tuple[str, ...]) -> None:
+        self.upload.validate(path + ("upload",))
+        _port(path + ("port",), self.port)
+        _port(path + ("tls_port",), self.tls_port)
+        for name in ("websocket_path", "bosh_path", "upload_path"):
+            value = getattr(self, name)
+            if not value.startswith("/") or value.count("/") != 1 or len(value) < 2:
+                raise ConfigError("must be one path segment like \"/name\"", path + (name,))
+        if len({self.websocket_path, self.bosh_path, self.upload_path, "/.well-known"}) != 4:
+            raise ConfigError("the paths must differ", path)
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise ConfigError("must start with http:// or https://", path + ("public_url",))
+        _at_least(path + ("max_request_bytes",), self.max_request_bytes, 1024)
+        _at_least(path + ("websocket_max_frame_bytes",), self.websocket_max_frame_bytes, 10000)
+        _at_least(path + ("websocket_ping_s",), self.websocket_ping_s, 0)
+        _at_least(path + ("bosh_max_wait_s",), self.bosh_max_wait_s, 1)
+        _at_least(path + ("bosh_max_hold",), self.bosh_max_hold, 1)
+        _at_least(path + ("bosh_max_requests",), self.bosh_max_requests, 2)
+        _at_least(path + ("bosh_inactivity_s",), self.bosh_inactivity_s, 5)
+        _at_least(path + ("bosh_max_pause_s",), self.bosh_max_pause_s, 0)
+        _at_least(path + ("bosh_max_queued",), self.bosh_max_queued, 10)
+        _at_least(path + ("max_sessions",), self.max_sessions, 1)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. ``extensions`` and ``components`` keep each
     ``[extensions.NAME]`` / ``[components.NAME]`` table raw; the class's own
@@ -560,6 +632,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     link: LinkConfig = field(default_factory=LinkConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     components: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     hosts: Mapping[str, HostConfig] = field(default_factory=dict)
@@ -686,7 +759,7 @@ def section_from_dict(cls: type, raw: Mapping[str, Any], path: tuple[str, ...]) 
 
 _SECTIONS = {"server": ServerConfig, "c2s": C2SConfig, "tls": TLSConfig, "s2s": S2SConfig,
              "storage": StorageConfig,
-             "auth": AuthConfig, "link": LinkConfig}
+             "auth": AuthConfig, "link": LinkConfig, "http": HttpConfig}
 
 
 def config_from_dict(raw: Mapping[str, Any], source: str = "") -> Config:

@@ -138,11 +138,13 @@ class TigaseService(service.MultiService):
         self.c2s_resumption = ResumptionRegistry(self.sm, reactor, config.c2s.stream_management)
         if config.has_role("c2s"):
             self._c2s_listeners(config, dict(sm=self.sm, auth=self.auth))
+        self.http = self._http_listeners(config, reactor) if config.has_role("c2s") else None
         if config.link.connect:
             self.link = SessionManagerLinks(config, self.sm, self.auth, reactor, self._link_settings(config, True),
                                             self._link_connector)
         # [s2s]: federation is the router's default route (domains not served here).
-        self.federation = build_federation(config, self.router, reactor)
+        # (not in a session-manager process whose roles leave s2s out)
+        self.federation = build_federation(config, self.router, reactor) if config.has_role("s2s") else None
         if self.federation is not None:
             self.router.default = self.federation.service
             for name, endpoint, factory in self.federation.listeners:
@@ -199,6 +201,24 @@ class TigaseService(service.MultiService):
             factory = factory_class(direct_tls=True, **common)
             self.c2s_factories.append(factory)
             self._listen("c2s-direct-tls", self.c2s_endpoint(c2s, direct_tls=True), factory)
+
+    def _http_listeners(self, config: Config, reactor: Any) -> Any:
+        """``[http]``: WebSocket, BOSH, upload and host-meta on one Site (tigasepy/http/site.py)."""
+        if not config.http.enabled:
+            return None
+        from tigasepy.http.site import HttpFrontend
+
+        http = HttpFrontend(config, reactor, self.tls_context, self.sm, self.auth, self.c2s_connections,
+                            self.c2s_resumption, router=self.router)
+        http.port_of = lambda name: self.listener(name).port.getHost().port
+        if http.upload is not None:
+            if self.sm.is_local_domain(http.upload.component.domain):
+                raise ConfigError(f"{http.upload.component.domain} is a hosted domain, not an upload "
+                                  "component domain", ("http", "upload", "domain"))
+            self.components.append(http.upload.component)
+        for name, endpoint in http.endpoints(reactor):
+            self._listen(name, endpoint, http.site)
+        return http
 
     def c2s_endpoint(self, c2s: Any, direct_tls: bool) -> Any:
         """The server endpoint of a c2s listener for the ``[c2s]`` section ``c2s``."""
