@@ -699,7 +699,10 @@ class Config:
                                   ("link", "connect"))
             if not link.listen:
                 raise ConfigError('required without the "sm" role: where the session manager '
-                                  'connects to, e.g. "127.0.0.1:5347"', ("link", "listen"))
+                                  'connects to, e.g. "127.0.0.1:5350"', ("link", "listen"))
+            if self.has_role("s2s"):
+                raise ConfigError('s2s runs in the session-manager process for now: give it '
+                                  'roles = ["sm", "s2s"]', ("server", "roles"))
 
 
 def _convert(value: Any, hint: Any, path: tuple[str, ...]) -> Any:
@@ -822,6 +825,16 @@ domains = ["{domain}"]
 data_dir = "data"
 # Bare JIDs allowed to use administrative commands.
 # admins = ["admin@{domain}"]
+# Which parts this process runs: all of them by default. A split deployment
+# (docs/deployment.md) has a session manager (roles = ["sm", "s2s"], [link] connect)
+# and connection managers for the DMZ (roles = ["c2s"], [link] listen).
+# roles = ["c2s", "s2s", "sm"]
+
+# [link]                            # split deployments only, see docs/configuration.md
+# listen = "10.0.1.5:5350"          # a connection manager: where the session manager connects
+# connect = ["10.0.1.5:5350"]       # the session manager: its connection managers
+# secret_file = ""                  # empty: <data_dir>/link-secret (the SM writes it; copy it to each CM)
+# grace_period_s = 30               # a broken link keeps sessions and queues stanzas this long
 
 [c2s]
 # interface = "{c2s.interface}"
@@ -858,6 +871,31 @@ data_dir = "data"
 # Empty means <data_dir>/<domain>.crt and .key, self-signed and generated on first start.
 # certificate = "/etc/ssl/certs/{domain}.pem"
 # private_key = "/etc/ssl/private/{domain}.key"
+
+[s2s]
+# Federation with other XMPP servers (docs/configuration.md, [s2s]).
+# enabled = true
+# interface = "0.0.0.0"
+# port = 5269                       # STARTTLS; 0: no listener
+# direct_tls_port = 5270            # direct TLS (XEP-0368); 0 disables
+# use_dns = true                    # SRV and A/AAAA lookups; false: only [s2s.routes]
+# tls_required = true
+# dialback = true                   # Server Dialback for peers without a valid certificate
+# sasl_external = true              # SASL EXTERNAL for peers with one
+# bidi = true                       # XEP-0288 bidirectional streams
+# ca_file = ""                      # CAs peer certificates must chain to; empty: the system's
+# insecure_domains = []             # peers allowed without TLS
+# unverified_domains = []           # peers allowed to use dialback when dialback = false
+# dialback_secret_file = ""         # empty: <data_dir>/s2s-dialback-secret, generated
+# idle_timeout_s = 600
+# connect_timeout_s = 30
+# max_connections_per_peer = 16
+# max_unauthenticated = 500
+# max_queued_stanzas = 1000
+# stanza_size_limit_bytes = 524288
+# max_depth = 32
+# [s2s.routes]                      # static routes instead of DNS
+# "partner.example" = "10.1.2.3:5269"
 
 [storage]
 # backend = "sqlite"                # or "postgresql", or "memory" (tests and benchmarks: nothing is kept)
