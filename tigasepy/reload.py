@@ -56,6 +56,7 @@ _RESTART_ONLY = (
     ("[link] listen / secret_file / peer_fingerprints",
      lambda c: (c.link.listen, c.link.secret_file, c.link.peer_fingerprints)),
     ("[c2s] allow_plain_without_tls", lambda c: c.c2s.allow_plain_without_tls),
+    ("[s2s]", lambda c: c.s2s),
 )
 
 
@@ -111,7 +112,7 @@ def apply_reload(server: "TigaseService", new: Config) -> ReloadReport:
     kept = dataclasses.replace(new, server=dataclasses.replace(new.server, roles=old.server.roles,
                                                                domains=domains,
                                                                data_dir=old.server.data_dir),
-                               storage=old.storage, auth=auth, tls=old.tls)
+                               storage=old.storage, auth=auth, tls=old.tls, s2s=old.s2s)
     if hosts is None:
         # Host certificates apply with the hosts; without a hosts plan they stay as they were.
         kept = dataclasses.replace(kept, hosts={d: dataclasses.replace(

@@ -66,3 +66,42 @@ def test_unknown_option_is_refused() -> None:
 
 def test_parse_route_direct() -> None:
     assert parse_s2s_route("tls://h.example:5270", ("x",)) == (("h.example", 5270, True),)
+
+
+def test_the_documented_examples_load() -> None:
+    """Every TOML block of the [s2s] section of docs/configuration.md is a valid config."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    section = text[text.index("## `[s2s]`"):text.index("## `[storage]`")]
+    blocks = re.findall(r"```toml\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        raw = tomllib.loads(block)
+        s2s = config_from_dict({"server": {"domains": ["a.example"]}, **raw}).s2s
+        assert s2s.routes
+
+
+def test_the_default_config_file_shows_every_option_at_its_default() -> None:
+    """The commented [s2s] section written on first start names every option with its default."""
+    import dataclasses
+    import re
+
+    from tigasepy.config import default_config_text
+
+    text = default_config_text("example.org")
+    section = text[text.index("[s2s]\n"):text.index("[storage]\n")]
+    defaults = S2SConfig()
+    for f in dataclasses.fields(S2SConfig):
+        if f.name == "routes":
+            assert "# [s2s.routes]" in section
+            continue
+        match = re.search(rf"^# {f.name} = (.+?)(\s+#.*)?$", section, re.M)
+        assert match, f.name
+        value = getattr(defaults, f.name)
+        shown = match.group(1)
+        expected = (str(value).lower() if isinstance(value, bool) else "[]" if value == () else
+                    f'"{value}"' if isinstance(value, str) else str(value))
+        assert shown == expected, (f.name, shown, expected)
