@@ -281,7 +281,10 @@ class TigaseService(service.MultiService):
         for cls, ext_config in self.extension_classes:
             self.sm.load_extension(cls, ext_config)
         for component in self.components:
-            component.attach(self.router)
+            if getattr(component, "needs_stores", False):   # e.g. MUC: rooms, archives
+                component.attach(self.router, self.stores)
+            else:
+                component.attach(self.router)
         if self.external_components is not None:
             self.external_components.attach()
         for connector in self.component_connectors:
