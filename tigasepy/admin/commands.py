@@ -30,6 +30,7 @@ from tigasepy.storage.sql import accounts as sql_accounts
 from tigasepy.storage.sql import archive as sql_archive
 from tigasepy.storage.sql import last_activity as sql_last_activity
 from tigasepy.storage.sql import offline as sql_offline
+from tigasepy.storage.sql import pep as sql_pep
 from tigasepy.storage.sql import privacy as sql_privacy
 from tigasepy.storage.sql import private as sql_private
 from tigasepy.storage.sql import roster as sql_roster
@@ -53,6 +54,7 @@ ACCOUNT_DATA_TXNS = (
     sql_vcard.remove_owner_txn,
     sql_private.remove_owner_txn,
     sql_last_activity.remove_owner_txn,
+    sql_pep.remove_owner_txn,
 )
 
 

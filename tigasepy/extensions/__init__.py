@@ -27,6 +27,7 @@ BUILTIN: dict[str, tuple[str, bool]] = {
     "version": ("tigasepy.extensions.version:SoftwareVersion", True),
     "vcard": ("tigasepy.extensions.vcard:VCardTemp", True),
     "private": ("tigasepy.extensions.private:PrivateStorage", True),
+    "pep": ("tigasepy.extensions.pep:PersonalEventing", True),
     "last": ("tigasepy.extensions.last:LastActivityExtension", True),
     "time": ("tigasepy.extensions.entity_time:EntityTime", True),
     "contact_addresses": ("tigasepy.extensions.contact_addresses:ContactAddresses", True),

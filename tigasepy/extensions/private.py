@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from tigasepy.config import ConfigError
 from tigasepy.interfaces import IExtension, Protocol
-from tigasepy.sm.events import AccountEvent, AccountRemoved, StanzaEvent, Target
+from tigasepy.sm.events import AccountEvent, AccountRemoved, HookPoint, StanzaEvent, Target
 from tigasepy.sm.host import ExtensionHost
 from tigasepy.storage.interfaces import IPrivateStore
 from tigasepy.stream.parser import parse_stanza
@@ -32,6 +32,17 @@ from tigasepy.xmpp.stanza import element_children
 PRIVATE = "jabber:iq:private"
 RESERVED_PREFIXES = ("jabber:",)
 RESERVED = frozenset({"vcard-temp"})
+
+#: Observers learn what a set stored (a ``PrivateData``); PEP keeps bookmarks in sync with it.
+PrivateStored = HookPoint("private/stored", "private XML was stored for an account")
+
+
+@dataclass(frozen=True)
+class PrivateData:
+    """What one private storage set wrote: ``owner`` and namespace -> serialized XML."""
+
+    owner: str
+    items: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,7 @@ class PrivateStorage:
             raise StanzaError("policy-violation",
                               f"At most {self._config.max_namespaces} namespaces can be stored")
         await self._store.set(owner, items)
+        self._host.notify(PrivateStored, PrivateData(owner, items))
         return None
 
     async def _forget(self, event: AccountEvent) -> None:

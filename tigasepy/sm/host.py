@@ -234,6 +234,38 @@ class ExtensionHost:
         """Send ``stanza`` to its ``to`` address: a local account, a component or another server."""
         self._sm.route(stanza)
 
+    def request(self, stanza: domish.Element, timeout: float = 30.0) -> Any:
+        """Send the IQ get/set ``stanza`` (its ``from`` a hosted domain or a local account) and
+        fire with the reply stanza (result or error), or with None after ``timeout`` seconds.
+
+        The id is made unique here; replies are matched on it and on the address asked.
+        """
+        import secrets
+
+        from twisted.internet import defer
+
+        iq_id = "tgs-" + secrets.token_hex(8)
+        stanza["id"] = iq_id
+        asked = stanza.getAttribute("to")
+        d: defer.Deferred = defer.Deferred()
+
+        def answered(reply: domish.Element) -> None:
+            if timer.active():
+                timer.cancel()
+            if reply.getAttribute("from") != asked:
+                d.callback(None)
+            else:
+                d.callback(reply)
+
+        def expired() -> None:
+            if self._sm.iq_waiters.pop(iq_id, None) is not None:
+                d.callback(None)
+
+        timer = self.clock.callLater(timeout, expired)
+        self._sm.iq_waiters[iq_id] = answered
+        self._sm.route(stanza)
+        return d
+
     def notify(self, point: HookPoint, event: Any) -> None:
         """Run the observers of ``point`` (session and account events)."""
         self._sm.hooks.notify(point, event)

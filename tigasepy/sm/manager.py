@@ -73,6 +73,8 @@ class SessionManager(service.Service):
         self.disco = DiscoRegistry()
         self.stream_features: list[StreamFeature] = []
         self.unauthenticated_iqs: dict[tuple[str, str], Any] = {}
+        #: IQ id -> callback(reply) for requests the server sent (``ExtensionHost.request``).
+        self.iq_waiters: dict[str, Any] = {}
         self.extensions: dict[str, tuple[Any, ExtensionHost]] = {}
         self.account_queue = OwnerQueue()
         self._in_flight: set[defer.Deferred[Any]] = set()
@@ -458,6 +460,7 @@ class SessionManager(service.Service):
                     self._reply(event, StanzaError("service-unavailable").to_response(stanza))
                 return
         if kind in ("result", "error"):
+            self._answered(stanza)
             return
         self._run_iq(event)
 
@@ -465,6 +468,7 @@ class SessionManager(service.Service):
         stanza = event.stanza
         kind = stanza["type"]
         if kind in ("result", "error"):
+            self._answered(stanza)
             return
         payload = _first_element(stanza)
         handler = self.iqs.lookup((kind, payload.uri or "", payload.name, event.target))
@@ -486,6 +490,12 @@ class SessionManager(service.Service):
         d.addCallback(lambda r: None if r is HANDLED else self._reply(event, _iq_reply(stanza, r)))
         d.addErrback(lambda f: self._reply_error(event, f))
         self._track(d)
+
+    def _answered(self, stanza: domish.Element) -> None:
+        """Hand a result or error to the server's request waiting for it (if any)."""
+        waiter = self.iq_waiters.pop(stanza.getAttribute("id") or "", None)
+        if waiter is not None:
+            waiter(stanza)
 
     def _reply(self, event: StanzaEvent, reply: domish.Element) -> None:
         if event.session is not None:

@@ -26,6 +26,9 @@ from tigasepy.storage.memory import (
 )
 from tigasepy.storage.interfaces import IPrivacyStore
 from tigasepy.storage.memory import MemoryPrivacyStore
+from tigasepy.storage.interfaces import IPepStore
+from tigasepy.storage.memory import MemoryPepStore
+from tigasepy.storage.sql.pep import SqlPepStore
 from tigasepy.storage.migrate import upgrade_txn
 from tigasepy.storage.sql.accounts import SqlAccountStore
 from tigasepy.storage.sql.archive import SqlArchiveStore
@@ -46,6 +49,7 @@ SQL_STORES: Mapping[InterfaceClass, Callable[[Database, Any], Any]] = MappingPro
     IVCardStore: lambda db, reactor: SqlVCardStore(db),
     IPrivateStore: lambda db, reactor: SqlPrivateStore(db),
     ILastActivityStore: lambda db, reactor: SqlLastActivityStore(db),
+    IPepStore: lambda db, reactor: SqlPepStore(db),
 })
 
 #: interface -> its memory store class. Add new areas here.
@@ -58,6 +62,7 @@ MEMORY_STORES: Mapping[InterfaceClass, Callable[[], Any]] = MappingProxyType({
     IVCardStore: MemoryVCardStore,
     IPrivateStore: MemoryPrivateStore,
     ILastActivityStore: MemoryLastActivityStore,
+    IPepStore: MemoryPepStore,
 })
 
 

@@ -171,6 +171,53 @@ class IPrivateStore(Interface):
 
 
 @dataclass(frozen=True)
+class PepItem:
+    """One stored item of a personal eventing node (XEP-0163): its id and serialized payload."""
+
+    item_id: str
+    xml: str
+
+
+class IPepStore(Interface):
+    """Personal eventing (XEP-0163) nodes and items, per owner (a bare JID) and node name.
+
+    A node's configuration is a mapping of ``pubsub#*`` option names to string values.
+    Items are kept in publication order; republishing an id makes it the newest.
+    """
+
+    def get_node(owner: str, node: str) -> Any:
+        """Fires with the node's configuration (a dict) or None when there is no such node."""
+
+    def nodes(owner: str) -> Any:
+        """Fires with the sorted node names of ``owner``."""
+
+    def put_node(owner: str, node: str, config: dict[str, str]) -> Any:
+        """Create the node or replace its configuration (its items stay)."""
+
+    def delete_node(owner: str, node: str) -> Any:
+        """Delete the node and its items; fires with True when it existed."""
+
+    def items(owner: str, node: str, limit: int | None = None) -> Any:
+        """Fires with the node's ``PepItem``s, newest first, at most ``limit``."""
+
+    def get_items(owner: str, node: str, item_ids: list[str]) -> Any:
+        """Fires with the ``PepItem``s of those ids that exist, in the order asked."""
+
+    def publish(owner: str, node: str, item: PepItem, max_items: int | None) -> Any:
+        """Store ``item`` as the newest (replacing one with its id), then keep only the newest
+        ``max_items`` (None: no limit); fires with the ids dropped by that trim, newest first."""
+
+    def retract(owner: str, node: str, item_id: str) -> Any:
+        """Delete one item; fires with True when it existed."""
+
+    def purge(owner: str, node: str) -> Any:
+        """Delete every item of the node."""
+
+    def remove_owner(owner: str) -> Any:
+        """Delete every node and item of ``owner``."""
+
+
+@dataclass(frozen=True)
 class LastActivity:
     """When an account's last session ended, and the status it left with (XEP-0012)."""
 

@@ -30,7 +30,7 @@ from tigasepy.storage.interfaces import (
     ScramCredential,
     VCard,
 )
-from tigasepy.storage.interfaces import IPrivacyStore, PrivacyItem, PrivacySettings
+from tigasepy.storage.interfaces import IPepStore, IPrivacyStore, PepItem, PrivacyItem, PrivacySettings
 
 
 @implementer(IAccountStore)
@@ -419,4 +419,72 @@ class MemoryPrivacyStore:
         """See ``IPrivacyStore.remove_owner``."""
         self._lists.pop(owner, None)
         self._defaults.pop(owner, None)
+        return defer.succeed(None)
+
+
+@implementer(IPepStore)
+class MemoryPepStore:
+    """``IPepStore`` in dicts (items of a node in publication order, oldest first)."""
+
+    def __init__(self) -> None:
+        """Start with no nodes."""
+        self._nodes: dict[str, dict[str, dict[str, str]]] = {}
+        self._items: dict[tuple[str, str], dict[str, str]] = {}
+
+    def get_node(self, owner: str, node: str) -> "defer.Deferred[dict[str, str] | None]":
+        """See ``IPepStore.get_node``."""
+        config = self._nodes.get(owner, {}).get(node)
+        return defer.succeed(dict(config) if config is not None else None)
+
+    def nodes(self, owner: str) -> "defer.Deferred[list[str]]":
+        """See ``IPepStore.nodes``."""
+        return defer.succeed(sorted(self._nodes.get(owner, {})))
+
+    def put_node(self, owner: str, node: str, config: dict[str, str]) -> "defer.Deferred[None]":
+        """See ``IPepStore.put_node``."""
+        self._nodes.setdefault(owner, {})[node] = dict(config)
+        return defer.succeed(None)
+
+    def delete_node(self, owner: str, node: str) -> "defer.Deferred[bool]":
+        """See ``IPepStore.delete_node``."""
+        self._items.pop((owner, node), None)
+        return defer.succeed(self._nodes.get(owner, {}).pop(node, None) is not None)
+
+    def items(self, owner: str, node: str, limit: int | None = None) -> "defer.Deferred[list[PepItem]]":
+        """See ``IPepStore.items``."""
+        found = [PepItem(k, v) for k, v in reversed(self._items.get((owner, node), {}).items())]
+        return defer.succeed(found[:limit] if limit is not None else found)
+
+    def get_items(self, owner: str, node: str, item_ids: list[str]) -> "defer.Deferred[list[PepItem]]":
+        """See ``IPepStore.get_items``."""
+        stored = self._items.get((owner, node), {})
+        return defer.succeed([PepItem(i, stored[i]) for i in dict.fromkeys(item_ids) if i in stored])
+
+    def publish(self, owner: str, node: str, item: PepItem, max_items: int | None) -> "defer.Deferred[list[str]]":
+        """See ``IPepStore.publish``."""
+        stored = self._items.setdefault((owner, node), {})
+        stored.pop(item.item_id, None)
+        stored[item.item_id] = item.xml
+        dropped: list[str] = []
+        if max_items is not None:
+            while len(stored) > max_items:
+                oldest = next(iter(stored))
+                del stored[oldest]
+                dropped.append(oldest)
+        return defer.succeed(dropped[::-1])
+
+    def retract(self, owner: str, node: str, item_id: str) -> "defer.Deferred[bool]":
+        """See ``IPepStore.retract``."""
+        return defer.succeed(self._items.get((owner, node), {}).pop(item_id, None) is not None)
+
+    def purge(self, owner: str, node: str) -> "defer.Deferred[None]":
+        """See ``IPepStore.purge``."""
+        self._items.pop((owner, node), None)
+        return defer.succeed(None)
+
+    def remove_owner(self, owner: str) -> "defer.Deferred[None]":
+        """See ``IPepStore.remove_owner``."""
+        self._nodes.pop(owner, None)
+        for key in [k for k in self._items if k[0] == owner]:
+            del self._items[key]
         return defer.succeed(None)
