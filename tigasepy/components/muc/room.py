@@ -533,7 +533,7 @@ class Room:
                 continue
             if key == "maxusers":
                 try:
-                    value = int(value)
+                    value = int(value) if str(value).strip() else 0
                 except ValueError:
                     raise StanzaError("not-acceptable", "maxusers must be a number") from None
             data[key] = value
