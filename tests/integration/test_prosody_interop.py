@@ -12,9 +12,9 @@ other, then exchange presence and messages.
 - ``external``: a test CA issues both certificates and is both trust stores, and Prosody
   runs with ``s2s_secure_auth = true``: TLS + SASL EXTERNAL both ways.
 - ``bidi``: as ``dialback``, with Prosody's mod_s2s_bidi loaded (XEP-0288).
-- ``direct-tls``: as ``external``, but Prosody finds tigasepy through an
-  ``_xmpps-server`` record (XEP-0368 direct TLS port) and tigasepy's route to Prosody is
-  STARTTLS.
+- ``direct-tls``: as ``external``, but over XEP-0368 direct TLS both ways: Prosody finds
+  tigasepy through an ``_xmpps-server`` record, and tigasepy's static route to Prosody is
+  ``tls://``.
 
 Without prosody installed the tests skip locally and fail under CI (``.ci/run`` installs it).
 """
@@ -95,7 +95,7 @@ def interop(request: pytest.FixtureRequest, tmp_path: Path,
     else:
         cert_a, cert_b = None, _self_signed(tmp_path / "certs", B)
     prosody = ProsodyServer(tmp_path / "prosody", B, cert_b[0], cert_b[1], dns_port, ca_file=ca_file,
-                            secure_auth=secure, bidi=mode == "bidi")
+                            secure_auth=secure, bidi=mode == "bidi", direct_tls=mode == "direct-tls")
     prosody.register(*BOB)
     s2s_port, s2s_tls_port = free_port(), free_port()
     if mode == "direct-tls":
@@ -103,7 +103,9 @@ def interop(request: pytest.FixtureRequest, tmp_path: Path,
     else:
         dns.add_srv(f"_xmpp-server._tcp.{A}", s2s_port, A)
     dns.add_a(A)
-    overrides = federation_overrides(A, s2s_port, {B: f"127.0.0.1:{prosody.s2s_port}"}, certificate=cert_a,
+    route = (f"tls://127.0.0.1:{prosody.s2s_tls_port}" if mode == "direct-tls"
+             else f"127.0.0.1:{prosody.s2s_port}")
+    overrides = federation_overrides(A, s2s_port, {B: route}, certificate=cert_a,
                                      ca_file=ca_file, s2s={"direct_tls_port": s2s_tls_port})
     prosody.start()
     tigasepy = None
@@ -165,3 +167,4 @@ async def test_tigasepy_and_prosody_users_subscribe_exchange_presence_and_chat(i
     if interop.mode == "direct-tls":
         federation = interop.tigasepy.service.federation.service
         assert any(s.direct_tls for s in federation.incoming), "Prosody did not use the direct TLS port"
+        assert all(r.stream.direct_tls for r in federation.routes.values()), "we did not use direct TLS"

@@ -104,10 +104,12 @@ class ProsodyServer:
         ca_file: trust these CAs for peer certificates (SASL EXTERNAL); None: the defaults.
         secure_auth: ``s2s_secure_auth``: refuse peers without a valid certificate (no dialback).
         bidi: load mod_s2s_bidi (XEP-0288).
+        direct_tls: also listen for direct TLS s2s (XEP-0368) on ``s2s_tls_port``.
     """
 
     def __init__(self, directory: Path, domain: str, certificate: Path, private_key: Path, dns_port: int, *,
-                 ca_file: Path | None = None, secure_auth: bool = False, bidi: bool = False) -> None:
+                 ca_file: Path | None = None, secure_auth: bool = False, bidi: bool = False,
+                 direct_tls: bool = False) -> None:
         from support.server import free_port
 
         self.directory = directory
@@ -120,6 +122,7 @@ class ProsodyServer:
         self.bidi = bidi
         self.c2s_port = free_port()
         self.s2s_port = free_port()
+        self.s2s_tls_port = free_port() if direct_tls else 0
         self.config_path = directory / "prosody.cfg.lua"
         self.log_path = directory / "prosody.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -149,7 +152,7 @@ use_ipv6 = false
 c2s_ports = {{ {self.c2s_port} }}
 c2s_direct_tls_ports = {{ }}
 s2s_ports = {{ {self.s2s_port} }}
-s2s_direct_tls_ports = {{ }}
+s2s_direct_tls_ports = {{ {self.s2s_tls_port or ""} }}
 http_ports = {{ }}
 https_ports = {{ }}
 modules_enabled = {{ {"; ".join(modules)} }}
@@ -190,7 +193,7 @@ VirtualHost {_lua(self.domain)}
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"prosody exited with {self.process.returncode}:\n{self.tail()}")
-            if _accepts(self.c2s_port) and _accepts(self.s2s_port):
+            if all(_accepts(port) for port in (self.c2s_port, self.s2s_port, self.s2s_tls_port) if port):
                 return
             time.sleep(0.05)
         self.stop()
