@@ -572,8 +572,10 @@ class PersonalEventing:
     def _private_stored(self, stored: Any) -> Any:
         xml = stored.items.get(LEGACY_BOOKMARKS)
         if xml is None:
-            return None
-        return self._host.serialized(stored.owner, self._from_legacy, stored.owner, xml, True)
+            return PASS
+        # already inside the account's serialized job (private storage's set)
+        d = defer.ensureDeferred(self._from_legacy(stored.owner, xml, True))
+        return d.addCallback(lambda _: PASS)
 
     async def _sync_bookmarks(self, owner: str, node: str) -> None:
         if node == BOOKMARKS2:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
@@ -33,7 +34,9 @@ PRIVATE = "jabber:iq:private"
 RESERVED_PREFIXES = ("jabber:",)
 RESERVED = frozenset({"vcard-temp"})
 
-#: Observers learn what a set stored (a ``PrivateData``); PEP keeps bookmarks in sync with it.
+#: Handlers learn what a set stored (a ``PrivateData``), inside the account's serialized job and
+#: before the reply (so they must not wait on ``serialized`` for the same account); PEP keeps
+#: bookmarks in sync with it.
 PrivateStored = HookPoint("private/stored", "private XML was stored for an account")
 
 
@@ -134,7 +137,10 @@ class PrivateStorage:
             raise StanzaError("policy-violation",
                               f"At most {self._config.max_namespaces} namespaces can be stored")
         await self._store.set(owner, items)
-        self._host.notify(PrivateStored, PrivateData(owner, items))
+        try:
+            await defer.maybeDeferred(self._host.run_hooks, PrivateStored, PrivateData(owner, items))
+        except Exception:
+            self._log.failure("a private storage observer failed for {owner}", owner=owner)
         return None
 
     async def _forget(self, event: AccountEvent) -> None:
