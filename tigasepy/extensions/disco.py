@@ -68,7 +68,12 @@ class ServiceDiscovery:
         if query.getAttribute("node"):
             target = Target.HOST if event.target is Target.HOST else Target.BARE
             return self._node(event, query["node"], "items", target)
-        return domish.Element((ns.DISCO_ITEMS, "query"))
+        result = domish.Element((ns.DISCO_ITEMS, "query"))
+        if event.target is Target.HOST:
+            domain = _domain(event)
+            for component in self._host.component_domains(domain) if domain else ():
+                result.addElement("item")["jid"] = component     # e.g. the MUC service
+        return result
 
     def _node(self, event: StanzaEvent, node: str, kind: str, target: Target) -> Any:
         """Answer a query on ``node`` with the handler an extension registered for it."""

@@ -40,6 +40,10 @@ class Router:
         """True when ``domain`` has a route of its own (a hosted domain or a component)."""
         return domain.lower() in self._routes
 
+    def domains(self) -> list[str]:
+        """Every domain with a route of its own (hosted domains and components), sorted."""
+        return sorted(self._routes)
+
     def destination(self, domain: str) -> IComponent | None:
         """The destination for ``domain`` (the default route when none is registered)."""
         return self._routes.get(domain, self.default)

@@ -96,6 +96,13 @@ class ExtensionHost:
         """True when ``domain`` is hosted here."""
         return self._sm.is_local_domain(domain or "")
 
+    def component_domains(self, domain: str) -> list[str]:
+        """The routed domains under ``domain`` that are not hosted here (components such as
+        ``conference.DOMAIN``), for the server's disco#items."""
+        router = getattr(self._sm, "router", None)
+        names = router.domains() if router is not None and hasattr(router, "domains") else []
+        return [d for d in names if d.endswith("." + domain) and not self._sm.is_local_domain(d)]
+
     @property
     def disco(self) -> Any:
         """The disco registry (features and identities every extension declared); read it only."""
