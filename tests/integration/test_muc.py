@@ -103,3 +103,14 @@ async def test_password_protected_room(xmpp_server: RunningServer, clients: Clie
     assert err.value.condition == "not-authorized"
     own, *_ = await carol.plugin["xep_0045"].join_muc_wait(room, "Carol", password="open sesame", timeout=10)
     assert "110" in status_codes(own)
+
+
+@asyncio_test
+async def test_server_lists_the_muc_service(xmpp_server: RunningServer, clients: ClientPool) -> None:
+    alice = await muc_client(clients, "alice")
+    alice.register_plugin("xep_0030")
+    items = await alice.plugin["xep_0030"].get_items(jid="localhost", timeout=10)
+    assert SERVICE in [jid for jid, _node, _name in items["disco_items"]["items"]]
+    info = await alice.plugin["xep_0030"].get_info(jid=SERVICE, timeout=10)
+    assert ("conference", "text") in [(c, t) for c, t, _lang, _name in info["disco_info"]["identities"]]
+    assert "http://jabber.org/protocol/muc" in info["disco_info"]["features"]
