@@ -183,6 +183,7 @@ class C2SConfig:
     idle_timeout_s: int = 900
     auth_timeout_s: int = 60
     max_unauthenticated: int = 2000
+    listen_backlog: int = 1024
     max_resources_per_account: int = 16
     max_auth_failures: int = 3
     stream_management: StreamManagementConfig = field(default_factory=StreamManagementConfig)
@@ -198,6 +199,7 @@ class C2SConfig:
         _at_least(path + ("idle_timeout_s",), self.idle_timeout_s, 1)
         _at_least(path + ("auth_timeout_s",), self.auth_timeout_s, 1)
         _at_least(path + ("max_unauthenticated",), self.max_unauthenticated, 1)
+        _at_least(path + ("listen_backlog",), self.listen_backlog, 1)
         _at_least(path + ("max_resources_per_account",), self.max_resources_per_account, 1)
         _at_least(path + ("max_auth_failures",), self.max_auth_failures, 1)
 
@@ -847,6 +849,7 @@ data_dir = "data"
 # idle_timeout_s = {c2s.idle_timeout_s}
 # auth_timeout_s = {c2s.auth_timeout_s}
 # max_unauthenticated = {c2s.max_unauthenticated}
+# listen_backlog = {c2s.listen_backlog}            # pending TCP connects the kernel queues (login storms)
 # max_resources_per_account = {c2s.max_resources_per_account}
 # max_auth_failures = {c2s.max_auth_failures}
 

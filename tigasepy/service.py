@@ -224,8 +224,9 @@ class TigaseService(service.MultiService):
         """The server endpoint of a c2s listener for the ``[c2s]`` section ``c2s``."""
         if direct_tls:
             return endpoints.SSL4ServerEndpoint(self.reactor, c2s.direct_tls_port, self.tls_context,
-                                                interface=c2s.interface)
-        return endpoints.TCP4ServerEndpoint(self.reactor, c2s.port, interface=c2s.interface)
+                                                backlog=c2s.listen_backlog, interface=c2s.interface)
+        return endpoints.TCP4ServerEndpoint(self.reactor, c2s.port, backlog=c2s.listen_backlog,
+                                            interface=c2s.interface)
 
     def _link_settings(self, config: Config, session_manager: bool) -> LinkSettings:
         link = config.link

@@ -239,3 +239,17 @@ def test_default_domain_prefers_the_host_name_over_a_loopback_fqdn(monkeypatch):
     assert default_domain() == "chat-box"
     monkeypatch.setattr(socket, "getfqdn", lambda: "xmpp.example.org.")
     assert default_domain() == "xmpp.example.org"
+
+
+def test_c2s_listeners_use_the_configured_backlog(tmp_path):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from tigasepy.config import config_from_dict
+    from tigasepy.service import build_service
+
+    config = config_from_dict({"server": {"domains": ["example.org"], "data_dir": str(tmp_path)},
+                               "c2s": {"port": 15222, "direct_tls_port": 15223, "listen_backlog": 77},
+                               "storage": {"backend": "memory"}, "s2s": {"port": 0, "direct_tls_port": 0}})
+    service = build_service(config, MemoryReactorClock())
+    assert service.c2s_endpoint(config.c2s, direct_tls=False)._backlog == 77
+    assert service.c2s_endpoint(config.c2s, direct_tls=True)._backlog == 77

@@ -668,7 +668,7 @@ class ClientStream(protocol.Protocol):
         if isinstance(result, SaslSuccess):
             self.username = result.username
             self._exchange = None
-            self._log.info("{user}@{domain} authenticated with {mechanism} from {peer}",
+            self._log.debug("{user}@{domain} authenticated with {mechanism} from {peer}",
                            user=result.username, domain=self.domain, mechanism=self._mechanism,
                            peer=self._peer())
             self.transport.write(_sasl_element("success", result.data))

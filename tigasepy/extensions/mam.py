@@ -101,8 +101,8 @@ class MamConfig:
     """``[extensions.mam]``: default policy, retention and page sizes."""
 
     default: str = "always"
-    max_age_days: int = 0
-    max_messages_per_user: int = 0
+    max_age_days: int = 365
+    max_messages_per_user: int = 10000
     default_page_size: int = 50
     max_page_size: int = 250
     purge_interval_s: int = 3600

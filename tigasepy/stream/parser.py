@@ -55,6 +55,8 @@ class StreamParser:
     def _reset(self) -> None:
         parser = expat.ParserCreate("UTF-8", " ")
         parser.buffer_text = True
+        # expat's default 8 KiB text buffer is most of an idle connection's parser memory.
+        parser.buffer_size = 1024
         parser.ordered_attributes = False
         parser.StartNamespaceDeclHandler = self._namespace_declared
         parser.StartElementHandler = self._start
