@@ -29,6 +29,8 @@ from tigasepy.storage.memory import MemoryPrivacyStore
 from tigasepy.storage.interfaces import IPepStore
 from tigasepy.storage.memory import MemoryPepStore
 from tigasepy.storage.sql.pep import SqlPepStore
+from tigasepy.storage.muc import IMucRoomStore, MemoryMucRoomStore
+from tigasepy.storage.sql.muc import SqlMucRoomStore
 from tigasepy.storage.migrate import upgrade_txn
 from tigasepy.storage.sql.accounts import SqlAccountStore
 from tigasepy.storage.sql.archive import SqlArchiveStore
@@ -50,6 +52,7 @@ SQL_STORES: Mapping[InterfaceClass, Callable[[Database, Any], Any]] = MappingPro
     IPrivateStore: lambda db, reactor: SqlPrivateStore(db),
     ILastActivityStore: lambda db, reactor: SqlLastActivityStore(db),
     IPepStore: lambda db, reactor: SqlPepStore(db),
+    IMucRoomStore: lambda db, reactor: SqlMucRoomStore(db),
 })
 
 #: interface -> its memory store class. Add new areas here.
@@ -63,6 +66,7 @@ MEMORY_STORES: Mapping[InterfaceClass, Callable[[], Any]] = MappingProxyType({
     IPrivateStore: MemoryPrivateStore,
     ILastActivityStore: MemoryLastActivityStore,
     IPepStore: MemoryPepStore,
+    IMucRoomStore: MemoryMucRoomStore,
 })
 
 

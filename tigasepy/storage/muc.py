@@ -1,8 +1,8 @@
-"""Where a MUC service keeps persistent rooms (configuration and affiliations).
+"""Where MUC services keep persistent rooms (configuration and affiliations), in memory.
 
 Room archives (XEP-0313 on the room JID) go to the server's ``IArchiveStore`` with the
 room's bare JID as the owner; this store holds only what a persistent room needs to come
-back after a restart.
+back after a restart. The SQL store is ``tigasepy.storage.sql.muc`` (schema 006_muc).
 """
 
 from __future__ import annotations
