@@ -953,6 +953,12 @@ data_dir = "data"
 # external = true
 # domain = "helpdesk.{domain}"
 # secret_file = "helpdesk.secret"   # its first line; relative to this file's folder
+# Multi-User Chat (XEP-0045) in-process, rooms at ROOM@conference.{domain} (docs/components.md):
+# [components.muc]
+# class = "tigasepy.components.muc:MultiUserChat"
+# domain = "conference.{domain}"
+# max_rooms = 1000
+# max_occupants = 200
 
 # Virtual hosts: a table per hosted domain that differs from the rest (docs/configuration.md).
 # `tigasepy host add/del` edits the domains list above; a reload applies it.

@@ -144,7 +144,7 @@ def test_the_examples_in_the_docs_are_valid(tmp_path):
         (tmp_path / name).write_text("s\n")
     components = (ROOT / "docs" / "components.md").read_text()
     blocks = _toml_blocks(components)
-    assert len(blocks) == 3
+    assert len(blocks) == 4     # in-process, MUC, accept, connect-out
     for block in blocks:
         raw = tomllib.loads(block)
         plan(raw["components"], tmp_path)
