@@ -589,7 +589,6 @@ class HttpConfig:
     websocket_ping_s: int = 60
     bosh_max_wait_s: int = 60
     bosh_max_hold: int = 1
-    bosh_max_requests: int = 2
     bosh_inactivity_s: int = 60
     bosh_max_pause_s: int = 120
     bosh_max_queued: int = 1000
@@ -613,7 +612,6 @@ class HttpConfig:
         _at_least(path + ("websocket_ping_s",), self.websocket_ping_s, 0)
         _at_least(path + ("bosh_max_wait_s",), self.bosh_max_wait_s, 1)
         _at_least(path + ("bosh_max_hold",), self.bosh_max_hold, 1)
-        _at_least(path + ("bosh_max_requests",), self.bosh_max_requests, 2)
         _at_least(path + ("bosh_inactivity_s",), self.bosh_inactivity_s, 5)
         _at_least(path + ("bosh_max_pause_s",), self.bosh_max_pause_s, 0)
         _at_least(path + ("bosh_max_queued",), self.bosh_max_queued, 10)
