@@ -111,6 +111,26 @@ class XmppWebSocket(MessageSink):
         return self._peer
 
 
+def _bounded_wire(connection: Any, ws: XmppWebSocket, limit: int) -> Any:
+    """Twisted's wire protocol, whose message reassembly buffers stop at ``limit``.
+
+    twisted.web's WebSocket code joins the fragments of a message without a bound;
+    after each read, a message already longer than ``limit`` ends the connection.
+    """
+    wire = _ws._WebSocketWireProtocol(connection, _ws.serverBootstrap, ws)
+    receive = wire.dataReceived
+
+    def data_received(data: bytes) -> None:
+        receive(data)
+        if len(wire._textBuffer.data) + len(wire._bytesBuffer.data) > limit:
+            ws.stream.close("policy-violation", "Message too large")
+            wire._textBuffer.done()
+            wire._bytesBuffer.done()
+
+    wire.dataReceived = data_received
+    return wire
+
+
 class XmppWebSocketResource(Resource):
     """The RFC 7395 endpoint: upgrades a GET offering the ``xmpp`` subprotocol.
 
@@ -159,7 +179,7 @@ class XmppWebSocketResource(Resource):
         stream = self.make_stream(self.secure(request))
         ws = XmppWebSocket(stream, self.max_frame, self.ping_s, self.clock, transport.getPeer())
         to_send = handshake.send(AcceptConnection(subprotocol=SUBPROTOCOL))
-        wire = _ws._WebSocketWireProtocol(handshake.connection, _ws.serverBootstrap, ws)
+        wire = _bounded_wire(handshake.connection, ws, self.max_frame)
         request.channel._protocolUpgradeForWebsockets(wire)
         transport.write(to_send)
         ws.negotiationFinished()
