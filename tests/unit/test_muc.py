@@ -284,3 +284,35 @@ def test_service_disco_and_errors(muc: Any) -> None:
     component.receive(xml(f"<presence from='{ALICE}' to='{ROOM}/alice' type='unavailable'/>"))
     take(router)
     assert ROOM not in component.rooms       # temporary room gone with its last occupant
+
+
+def test_iq_between_occupants_is_forwarded(muc: Any) -> None:
+    component, router = muc
+    join(component, ALICE, "alice")
+    join(component, BOB, "bob")
+    take(router)
+    component.receive(xml(f"<iq from='{ALICE}' to='{ROOM}/bob' type='get' id='v1'><vCard xmlns='vcard-temp'/></iq>"))
+    [out] = take(router)
+    assert (out["from"], out["to"], out.vCard.uri) == (f"{ROOM}/alice", BOB, "vcard-temp")
+    component.receive(xml(f"<iq from='{BOB}' to='{ROOM}/alice' type='result' id='{out['id']}'>"
+                          "<vCard xmlns='vcard-temp'><FN>Bob</FN></vCard></iq>"))
+    [back] = take(router)
+    assert (back["from"], back["to"], back["id"], back["type"]) == (f"{ROOM}/bob", ALICE, "v1", "result")
+    # a non-occupant may not query occupants
+    component.receive(xml(f"<iq from='{CAROL}' to='{ROOM}/bob' type='get' id='v2'><vCard xmlns='vcard-temp'/></iq>"))
+    assert error_condition(take(router)[0]) == "not-acceptable"
+
+
+def test_message_errors_remove_only_gone_occupants(muc: Any) -> None:
+    component, router = muc
+    join(component, ALICE, "alice")
+    join(component, BOB, "bob")
+    take(router)
+    component.receive(xml(f"<message from='{BOB}' to='{ROOM}' type='error'><error type='modify'>"
+                          "<not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"))
+    assert "bob" in component.rooms[ROOM].occupants
+    component.receive(xml(f"<message from='{BOB}' to='{ROOM}' type='error'><error type='cancel'>"
+                          "<remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"))
+    assert "bob" not in component.rooms[ROOM].occupants
+    [gone] = take(router)
+    assert gone["to"] == ALICE and gone["type"] == "unavailable"

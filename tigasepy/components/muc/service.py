@@ -14,7 +14,7 @@ the server's ``IArchiveStore`` under the room's bare JID.
 
 from __future__ import annotations
 
-import time
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,14 +29,20 @@ from tigasepy.storage.muc import IMucRoomStore, MemoryMucRoomStore, StoredRoom
 from tigasepy.compat import data_form
 from tigasepy.sm.dispatch import error_reply_for
 from tigasepy.xmpp import namespaces as ns
-from tigasepy.xmpp.errors import StanzaError
+from tigasepy.xmpp.errors import StanzaError, error_condition
 from tigasepy.xmpp.forms import FormError, find_form, parse_submission
 from tigasepy.xmpp.jid import InvalidFormat, parse_jid
-from tigasepy.xmpp.stanza import first_child, iq_result
+from tigasepy.xmpp.stanza import copy_element, first_child, iq_result
 
 NS_MAM = "urn:xmpp:mam:2"
 NS_RSM = "http://jabber.org/protocol/rsm"
 NS_FORWARD = "urn:xmpp:forward:0"
+
+#: Errors from an occupant's side that mean it is gone (XEP-0045 and XEP-0410 ghost removal).
+GHOST_CONDITIONS = frozenset({"gone", "item-not-found", "recipient-unavailable", "redirect",
+                              "remote-server-not-found", "remote-server-timeout", "service-unavailable"})
+#: Forwarded IQs between occupants waiting for their answer, at most.
+MAX_FORWARDED = 10000
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,9 @@ class MultiUserChat(Component):
         self.archive: Any = None
         self.limits = Limits(self.config.max_occupants, self.config.history_size, self.config.message_size)
         self.loaded: defer.Deferred = defer.succeed(None)
+        #: forwarded IQ id -> (requester's real JID, its id, the target's occupant JID)
+        self._forwarded: dict[str, tuple[str, str | None, str]] = {}
+        self._ids = itertools.count(1)
 
     # -- wiring -------------------------------------------------------------------------
     def use_stores(self, stores: Any) -> None:
@@ -149,8 +158,12 @@ class MultiUserChat(Component):
         if to is None or sender is None:
             return
         kind = stanza.getAttribute("type")
+        if stanza.name == "iq" and kind in ("result", "error") and stanza.getAttribute("id") in self._forwarded:
+            self._forwarded_reply(stanza)
+            return
         if kind == "error":
-            self._bounced(sender.full())
+            if stanza.name == "presence" or error_condition(stanza) in GHOST_CONDITIONS:
+                self._bounced(sender.full())
             return
         if to.user is None:
             if stanza.name == "iq":
@@ -290,13 +303,36 @@ class MultiUserChat(Component):
             if occupant.nick == nick:
                 self._reply(stanza, None)
                 return
-            if nick in room.occupants:
-                self._reply(stanza, None)
-                return
-            raise StanzaError("item-not-found", "no such occupant")
+            # a ping to another occupant is forwarded like any IQ (below)
         if room is None or nick not in room.occupants:
             raise StanzaError("item-not-found", "no such occupant")
-        raise StanzaError("service-unavailable")
+        requester = room.by_jid.get(sender)
+        if requester is None:
+            raise StanzaError("not-acceptable", "you are not in this room")
+        if stanza.getAttribute("type") not in ("get", "set"):
+            return
+        if len(self._forwarded) >= MAX_FORWARDED:
+            raise StanzaError("resource-constraint", "too many queries in flight")
+        # Section 7.6: an IQ to an occupant goes to its real JID from the requester's
+        # occupant JID; the answer comes back the same way.
+        target = room.occupants[nick]
+        forwarded_id = f"muc-{next(self._ids)}"
+        self._forwarded[forwarded_id] = (sender, stanza.getAttribute("id"), room.occupant_jid(nick))
+        out = copy_element(stanza)
+        out["id"] = forwarded_id
+        out["from"] = room.occupant_jid(requester.nick)
+        out["to"] = target.jid
+        self.send(out)
+
+    def _forwarded_reply(self, stanza: domish.Element) -> None:
+        requester, original_id, target = self._forwarded.pop(stanza["id"])
+        out = copy_element(stanza)
+        if original_id is None:
+            del out["id"]
+        else:
+            out["id"] = original_id
+        out["from"], out["to"] = target, requester
+        self.send(out)
 
     def _room_iq(self, room: Room, sender: str, stanza: domish.Element) -> None:
         kind = stanza.getAttribute("type")
