@@ -58,6 +58,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
+from tigasepy.c2s.csi import holdable
 from tigasepy.config import ConfigError, LinkConfig
 from tigasepy.stream.parser import StreamParseError, StreamParser
 from tigasepy.xmpp.serialize import to_xml
@@ -92,6 +93,8 @@ _NONCE_BYTES = 32
 _PROOF_LABEL = b"tigasepy link v1"
 _ACK_DELAY_S = 0.01
 _ACK_EVERY = 128
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode   # one encoder, not one per frame
+_DECODE = json.JSONDecoder().decode
 _STREAM_HEADER = (b"<stream:stream xmlns='jabber:client' "
                   b"xmlns:stream='http://etherx.jabber.org/streams'>")
 
@@ -116,7 +119,7 @@ def unb64(text: Any) -> bytes:
 
 def encode_frame(header: dict[str, Any], payload: domish.Element | str | None = None) -> bytes:
     """One frame body: the JSON header, then ``\\n`` and the serialized stanza if any."""
-    data = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    data = _ENCODE(header).encode("utf-8")
     if payload is None:
         return data
     xml = payload if isinstance(payload, str) else to_xml(payload)
@@ -130,7 +133,7 @@ def decode_frame(frame: bytes) -> tuple[dict[str, Any], bytes | None]:
         ValueError: the header is not a JSON object with a string ``t``.
     """
     head, sep, payload = frame.partition(b"\n")
-    header = json.loads(head)
+    header = _DECODE(head.decode("utf-8"))
     if not isinstance(header, dict) or not isinstance(header.get("t"), str):
         raise ValueError("a frame header is a JSON object with a type")
     return header, (payload if sep else None)
@@ -564,6 +567,10 @@ class LinkProtocol(Int32StringReceiver):
 
     # -- connection life cycle -----------------------------------------------------------
     def connectionMade(self) -> None:
+        try:
+            self.transport.setTcpNoDelay(True)   # small frames, often answered: no Nagle delay
+        except Exception:  # noqa: BLE001 - not a TCP transport (tests)
+            pass
         self._last_received = self.clock.seconds()
         self._handshake_timer = self.clock.callLater(self.settings.config.handshake_timeout_s,
                                                      self._handshake_expired)
@@ -819,8 +826,6 @@ def needs_settling(stanza: domish.Element) -> bool:
         return kind in ("get", "set")
     if name != "message" or kind in ("error", "groupchat"):
         return False
-    from tigasepy.c2s.csi import holdable
-
     if holdable(stanza) is not None:
         return False
     for child in stanza.elements():
