@@ -114,3 +114,45 @@ async def test_server_lists_the_muc_service(xmpp_server: RunningServer, clients:
     info = await alice.plugin["xep_0030"].get_info(jid=SERVICE, timeout=10)
     assert ("conference", "text") in [(c, t) for c, t, _lang, _name in info["disco_info"]["identities"]]
     assert "http://jabber.org/protocol/muc" in info["disco_info"]["features"]
+
+
+@asyncio_test
+async def test_persistent_room_and_its_archive_survive_a_restart(xmpp_server: RunningServer,
+                                                                 clients: ClientPool) -> None:
+    from twisted.internet import reactor
+
+    from support.server import start_server
+    from support.xmpp_clients import from_deferred
+
+    alice = await muc_client(clients, "alice")
+    room = f"kept@{SERVICE}"
+    await alice.plugin["xep_0045"].join_muc_wait(room, "Alice", timeout=10)
+    await configure(alice, room, persistentroom=True, enablelogging=True, roomname="Kept")
+    await alice.plugin["xep_0045"].set_affiliation(room, "member", jid="bob@localhost")
+    alice.send_message(mto=room, mbody="still here?", mtype="groupchat")
+    await alice.messages.wait_for(lambda m: stanza_text(m, f"{{{CLIENT}}}body") == "still here?")
+    await clients.close_all()
+    await from_deferred(xmpp_server.stop())
+
+    restarted = await from_deferred(start_server(xmpp_server.config.data_path, reactor,
+                                                 {"components": {"muc": {
+                                                     "class": "tigasepy.components.muc:MultiUserChat",
+                                                     "domain": SERVICE}}}))
+    restarted.passwords.update(xmpp_server.passwords)
+    second = ClientPool(restarted)
+    try:
+        bob = await muc_client(second, "bob")
+        bob.register_plugin("xep_0030")
+        info = await bob.plugin["xep_0030"].get_info(jid=room, timeout=10)
+        assert "muc_persistent" in info["disco_info"]["features"]
+        own, *_ = await bob.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=10)
+        item = own.xml.find(f"{{{MUC_USER}}}x/{{{MUC_USER}}}item")
+        assert item.get("affiliation") == "member"
+        iq = bob.make_iq_set(ito=room)
+        iq.xml.append(iq.xml.makeelement(f"{{{MAM}}}query", {}))
+        await iq.send(timeout=10)
+        archived = [m for m in bob.messages.items if m.xml.find(f"{{{MAM}}}result") is not None]
+        assert [r.xml.find(f".//{{{CLIENT}}}body").text for r in archived] == ["still here?"]
+    finally:
+        await second.close_all()
+        await from_deferred(restarted.stop())
