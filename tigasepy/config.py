@@ -868,6 +868,20 @@ data_dir = "data"
 # enabled = {str(c2s.csi.enabled).lower()}
 # max_buffered = {c2s.csi.max_buffered}
 
+[http]
+# Web clients (docs/configuration.md): XMPP over WebSocket (RFC 7395), BOSH (XEP-0206),
+# HTTP File Upload (XEP-0363, component upload.{domain}) and /.well-known/host-meta.
+# enabled = false
+# port = 5280                       # plain HTTP; WebSocket/BOSH there only with behind_tls_proxy
+# tls_port = 5281                   # HTTPS with the certificate of [tls]
+# public_url = ""                   # the base clients are given, e.g. "https://{domain}:5281"
+# behind_tls_proxy = false          # a TLS-terminating proxy forwards to the plain port
+
+[http.upload]
+# max_file_size = 10485760
+# quota_per_user = 104857600
+# expiry_days = 30
+
 [tls]
 # Empty means <data_dir>/<domain>.crt and .key, self-signed and generated on first start.
 # certificate = "/etc/ssl/certs/{domain}.pem"

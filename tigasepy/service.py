@@ -108,6 +108,7 @@ class TigaseService(service.MultiService):
         self.c2s_factories: list[ClientStreamFactory] = []
         self.link: SessionManagerLinks | None = None        # sm role, [link] connect
         self.remote_sm: RemoteSessionManager | None = None  # connection-manager role, [link] listen
+        self.http: Any = None                               # [http] (tigasepy/http/site.py)
         if not config.has_role("sm"):
             self._build_connection_manager(config, reactor)
             return
@@ -211,6 +212,7 @@ class TigaseService(service.MultiService):
         http = HttpFrontend(config, reactor, self.tls_context, self.sm, self.auth, self.c2s_connections,
                             self.c2s_resumption, router=self.router)
         http.port_of = lambda name: self.listener(name).port.getHost().port
+        self.c2s_factories.append(http.factory)   # a reload reconfigures its streams too
         if http.upload is not None:
             if self.sm.is_local_domain(http.upload.component.domain):
                 raise ConfigError(f"{http.upload.component.domain} is a hosted domain, not an upload "

@@ -29,3 +29,12 @@ def test_docs_example_is_the_defaults() -> None:
 def test_bad_values(bad: dict) -> None:
     with pytest.raises(ConfigError):
         config_from_dict({"server": {"domains": ["example.org"]}, "http": bad})
+
+
+def test_generated_config_documents_http() -> None:
+    from tigasepy.config import default_config_text
+
+    text = default_config_text("example.org")
+    assert "[http]" in text and "[http.upload]" in text
+    config = config_from_dict(tomllib.loads(text))
+    assert config.http == HttpConfig()
