@@ -316,3 +316,59 @@ def test_message_errors_remove_only_gone_occupants(muc: Any) -> None:
     assert "bob" not in component.rooms[ROOM].occupants
     [gone] = take(router)
     assert gone["to"] == ALICE and gone["type"] == "unavailable"
+
+
+def test_nick_change_subject_moderation_and_max_users(muc: Any) -> None:
+    component, router = muc
+    join(component, ALICE, "alice")
+    join(component, BOB, "bob")
+    take(router)
+    # nick change: 303 with the new nick, then the new presence
+    join(component, BOB, "robert")
+    sent = take(router)
+    old = to(sent, ALICE, "presence")[0]
+    assert old["type"] == "unavailable" and "303" in codes(old)
+    assert next(next(old.elements(NS_MUC_USER, "x")).elements(NS_MUC_USER, "item"))["nick"] == "robert"
+    assert to(sent, ALICE, "presence")[1]["from"] == f"{ROOM}/robert"
+    # subject: participants may not change it by default, moderators may
+    component.receive(xml(f"<message from='{BOB}' to='{ROOM}' type='groupchat'><subject>mine</subject></message>"))
+    assert error_condition(take(router)[0]) == "forbidden"
+    component.receive(xml(f"<message from='{ALICE}' to='{ROOM}' type='groupchat'><subject>news</subject></message>"))
+    assert len(take(router)) == 2
+    join(component, CAROL, "carol")
+    subject = [s for s in to(take(router), CAROL, "message") if next(s.elements(None, "subject"), None)]
+    assert str(next(subject[0].elements(None, "subject"))) == "news" and subject[0]["from"] == f"{ROOM}/alice"
+    # moderated: a newcomer without affiliation is a visitor and has no voice until granted
+    configure(component, ALICE, moderatedroom="1", maxusers="")
+    take(router)
+    component.receive(xml(f"<presence from='{CAROL}' to='{ROOM}/carol' type='unavailable'/>"))
+    join(component, CAROL, "carol")
+    take(router)
+    assert component.rooms[ROOM].occupants["carol"].role == "visitor"
+    component.receive(xml(f"<message from='{CAROL}' to='{ROOM}' type='groupchat'><body>hey</body></message>"))
+    assert error_condition(take(router)[0]) == "forbidden"
+    component.receive(xml(f"<iq from='{ALICE}' to='{ROOM}' type='set' id='v'><query xmlns='{NS_MUC_ADMIN}'>"
+                          "<item nick='carol' role='participant'/></query></iq>"))
+    take(router)
+    component.receive(xml(f"<message from='{CAROL}' to='{ROOM}' type='groupchat'><body>hey</body></message>"))
+    assert len(take(router)) == 3
+    # max users
+    configure(component, ALICE, maxusers="10")
+    take(router)
+    component.rooms[ROOM].config.maxusers = 3
+    join(component, "dave@example.org/d", "dave")
+    assert error_condition(take(router)[0]) == "service-unavailable"
+
+
+def test_limits_rooms_per_service_and_message_size() -> None:
+    from tigasepy.components.muc import MucConfig
+    router = FakeRouter()
+    component = MultiUserChat(SERVICE, MucConfig(max_rooms=1, message_size=200))
+    component.attach(router, Stores())
+    join(component, ALICE, "alice")
+    take(router)
+    component.receive(xml(f"<presence from='{ALICE}' to='other@{SERVICE}/alice'><x xmlns='{NS_MUC}'/></presence>"))
+    assert error_condition(take(router)[0]) == "resource-constraint"
+    assert f"other@{SERVICE}" not in component.rooms
+    component.receive(xml(f"<message from='{ALICE}' to='{ROOM}' type='groupchat'><body>{'x' * 300}</body></message>"))
+    assert error_condition(take(router)[0]) == "not-acceptable"
