@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from twisted.words.xish import domish
 
-from tigasepy.components.muc import MemoryMucRoomStore, MultiUserChat
+from tigasepy.components.muc import MemoryMucRoomStore, MucConfig, MultiUserChat
 from tigasepy.components.muc.room import (NS_MUC, NS_MUC_ADMIN, NS_MUC_OWNER, NS_MUC_USER, HistoryEntry,
                                           RoomConfig, default_role, history_to_send, may_kick,
                                           may_set_affiliation, may_send_pm)
@@ -54,7 +54,7 @@ def xml(text: str) -> domish.Element:
 @pytest.fixture
 def muc() -> tuple[MultiUserChat, FakeRouter]:
     router = FakeRouter()
-    component = MultiUserChat(SERVICE)
+    component = MultiUserChat(SERVICE, MucConfig(lock_new_rooms=False))
     component.attach(router, Stores())
     return component, router
 
@@ -361,9 +361,8 @@ def test_nick_change_subject_moderation_and_max_users(muc: Any) -> None:
 
 
 def test_limits_rooms_per_service_and_message_size() -> None:
-    from tigasepy.components.muc import MucConfig
     router = FakeRouter()
-    component = MultiUserChat(SERVICE, MucConfig(max_rooms=1, message_size=200))
+    component = MultiUserChat(SERVICE, MucConfig(max_rooms=1, message_size=200, lock_new_rooms=False))
     component.attach(router, Stores())
     join(component, ALICE, "alice")
     take(router)
@@ -372,3 +371,26 @@ def test_limits_rooms_per_service_and_message_size() -> None:
     assert f"other@{SERVICE}" not in component.rooms
     component.receive(xml(f"<message from='{ALICE}' to='{ROOM}' type='groupchat'><body>{'x' * 300}</body></message>"))
     assert error_condition(take(router)[0]) == "not-acceptable"
+
+
+def test_new_rooms_are_locked_until_configured() -> None:
+    router = FakeRouter()
+    component = MultiUserChat(SERVICE)
+    component.attach(router, Stores())
+    join(component, ALICE, "alice")
+    assert "201" in codes(to(take(router), ALICE, "presence")[0])
+    join(component, BOB, "bob")
+    assert error_condition(take(router)[0]) == "item-not-found"
+    # an instant room: an empty submitted form
+    component.receive(xml(f"<iq from='{ALICE}' to='{ROOM}' type='set' id='c'><query xmlns='{NS_MUC_OWNER}'>"
+                          "<x xmlns='jabber:x:data' type='submit'/></query></iq>"))
+    assert to(take(router), ALICE, "iq")[0]["type"] == "result"
+    join(component, BOB, "bob")
+    assert "110" in codes(to(take(router), BOB, "presence")[-1])
+    # cancelling the configuration of a new locked room destroys it
+    component.receive(xml(f"<presence from='{ALICE}' to='new@{SERVICE}/alice'><x xmlns='{NS_MUC}'/></presence>"))
+    take(router)
+    component.receive(xml(f"<iq from='{ALICE}' to='new@{SERVICE}' type='set' id='c'><query xmlns='{NS_MUC_OWNER}'>"
+                          "<x xmlns='jabber:x:data' type='cancel'/></query></iq>"))
+    take(router)
+    assert f"new@{SERVICE}" not in component.rooms

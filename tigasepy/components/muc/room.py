@@ -189,6 +189,9 @@ class Room:
         self.history: deque[HistoryEntry] = deque(maxlen=max(1, self.limits.history_size))
         self.subject: domish.Element | None = None
         self.subject_nick = ""
+        #: A new room stays locked until its owner submits the config (instant room: an
+        #: empty form); others get item-not-found meanwhile (section 10.1.1).
+        self.locked = False
         self._send = send
         self._archive = archive
         self._clock = clock
@@ -238,6 +241,8 @@ class Room:
         if not nick or len(nick) > 1023:
             raise StanzaError("jid-malformed", "a nickname is required")
         aff = self.affiliation(sender)
+        if self.locked and aff != "owner":
+            raise StanzaError("item-not-found", "the room is locked until its owner configures it")
         if aff == "outcast":
             raise StanzaError("forbidden", "you are banned from this room")
         x = _child(stanza, NS_MUC, "x")
@@ -538,6 +543,7 @@ class Room:
                     raise StanzaError("not-acceptable", "maxusers must be a number") from None
             data[key] = value
         self.config = RoomConfig.from_dict(data)
+        self.locked = False
         if self.config.passwordprotectedroom and not self.config.roomsecret:
             self.config.passwordprotectedroom = False
         if self.config.roomsecret and values.get("passwordprotectedroom") is None:

@@ -58,6 +58,8 @@ class MucConfig:
     create_rooms: str = "anyone"
     mam_page_size: int = 50
     mam_max_page_size: int = 250
+    #: new rooms stay locked until the owner submits the config form (XEP-0045 10.1)
+    lock_new_rooms: bool = True
 
     def validate(self, path: tuple[str, ...]) -> None:
         from tigasepy.config import ConfigError
@@ -221,6 +223,7 @@ class MultiUserChat(Component):
             raise StanzaError("resource-constraint", "too many rooms")
         room = self._new_room(room_jid)
         room.affiliations[creator.split("/", 1)[0]] = "owner"
+        room.locked = self.config.lock_new_rooms
         return room
 
     def _bounced(self, jid: str) -> None:
@@ -407,6 +410,8 @@ class MultiUserChat(Component):
         if form is None:
             raise StanzaError("bad-request", "a muc#roomconfig form or <destroy/> is expected")
         if form.getAttribute("type") == "cancel":
+            if room.locked:             # the creator gave up configuring a new room
+                room.destroy()
             self._reply(stanza, None)
             return
         try:
