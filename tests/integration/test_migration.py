@@ -99,7 +99,7 @@ def _comparable(folder: Path) -> list[dict[str, Any]]:
             "roster": sorted(user.roster, key=lambda i: i.contact), "vcard": user.vcard, "private": user.private, "privacy": user.privacy,
             "offline": [xml.split("<body>")[1] for _stamp, xml in user.offline],
         })
-    return out
+    return sorted(out, key=lambda user: user["jid"])      # ejabberd lists a host's users in no fixed order
 
 
 @asyncio_test(timeout=240)
