@@ -294,7 +294,7 @@ class BoshResource(Resource):
         """Write ``data`` as the response of ``request`` (if it is still there)."""
         if request.finished or getattr(request, "_disconnected", False):
             return b""
-        if request.startedWriting:
+        if getattr(request, "startedWriting", False):
             return b""
         request.setHeader(b"content-type", b"text/xml; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
