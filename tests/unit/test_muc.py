@@ -394,3 +394,18 @@ def test_new_rooms_are_locked_until_configured() -> None:
                           "<x xmlns='jabber:x:data' type='cancel'/></query></iq>"))
     take(router)
     assert f"new@{SERVICE}" not in component.rooms
+
+
+def test_rejoin_and_members_only_switch(muc: Any) -> None:
+    component, router = muc
+    join(component, ALICE, "alice")
+    join(component, BOB, "bob")
+    take(router)
+    join(component, BOB, "bob")            # a client that believes it is out joins again
+    sent = to(take(router), BOB)
+    assert [s["from"] for s in sent if s.name == "presence"] == [f"{ROOM}/alice", f"{ROOM}/bob"]
+    assert any(next(s.elements(None, "subject"), None) is not None for s in sent if s.name == "message")
+    configure(component, ALICE, membersonly="1")
+    removed = to(take(router), BOB, "presence")[0]
+    assert removed["type"] == "unavailable" and "322" in codes(removed)
+    assert "bob" not in component.rooms[ROOM].occupants and "alice" in component.rooms[ROOM].occupants

@@ -233,6 +233,11 @@ class Room:
             self._join(sender, nick, stanza, created)
         elif occupant.nick != nick:
             self._change_nick(occupant, nick, stanza)
+        elif _child(stanza, NS_MUC, "x") is not None:
+            # A join from a client that thinks it left (after a failed XEP-0410 self-ping,
+            # or a reconnect): answer as to a join (occupants, self-presence, history, subject).
+            self._drop(occupant)
+            self._join(sender, nick, stanza, created)
         else:
             occupant.presence = _presence_payload(stanza)
             self._broadcast_presence(occupant)
@@ -548,6 +553,9 @@ class Room:
             self.config.passwordprotectedroom = False
         if self.config.roomsecret and values.get("passwordprotectedroom") is None:
             self.config.passwordprotectedroom = True
+        if self.config.membersonly:
+            for occupant in [o for o in self.occupants.values() if self.affiliation(o.jid) == "none"]:
+                self._leave(occupant, codes=("322",))
         codes = ["104"]
         if self.non_anonymous != old_nonanon:
             codes.append("172" if self.non_anonymous else "173")

@@ -279,8 +279,7 @@ class MultiUserChat(Component):
             result = domish.Element((ns.DISCO_INFO, "query"))
             identity = result.addElement("identity")
             identity["category"], identity["type"], identity["name"] = "conference", "text", self.config.name
-            for feature in (ns.DISCO_INFO, ns.DISCO_ITEMS, NS_MUC, "urn:xmpp:ping", NS_MAM,
-                            "urn:xmpp:sid:0"):
+            for feature in (ns.DISCO_INFO, ns.DISCO_ITEMS, NS_MUC, "urn:xmpp:ping", "urn:xmpp:sid:0"):
                 result.addElement("feature")["var"] = feature
             self._reply(stanza, result)
         elif kind == "get" and query is not None and query.uri == ns.DISCO_ITEMS and not query.getAttribute("node"):
