@@ -37,6 +37,7 @@ from twisted.words.xish import domish
 
 from tigasepy.components.base import Component
 from tigasepy.config import Config
+from tigasepy.interfaces import Protocol
 from tigasepy.xmpp import namespaces as ns
 from tigasepy.xmpp.errors import StanzaError
 
@@ -156,6 +157,8 @@ class UploadStore:
 
 class UploadComponent(Component):
     """``upload.<domain>``: disco and slot requests (XEP-0363 section 4)."""
+
+    protocols = (Protocol("XEP-0363", "1.2.0", "complete"),)
 
     def __init__(self, domain: str, service: "UploadService") -> None:
         super().__init__(domain)
