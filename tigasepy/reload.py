@@ -291,7 +291,10 @@ def _apply_components(server: "TigaseService", plan: dict[str, Any], report: Rel
         if any(c.domain == domain for c in kept):
             continue
         component = cls(domain, config)
-        component.attach(server.router)
+        if getattr(component, "needs_stores", False):   # e.g. MUC (docs/components.md)
+            component.attach(server.router, server.stores)
+        else:
+            component.attach(server.router)
         kept.append(component)
         report.changes.append(f"component {domain} {'replaced' if domain in current else 'added'}")
     server.components = kept

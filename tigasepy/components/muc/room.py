@@ -484,6 +484,8 @@ class Room:
                     raise StanzaError("bad-request")
                 if actor is None or actor.role != "moderator":
                     raise StanzaError("forbidden")
+                if role == "moderator" and actor_aff not in ("owner", "admin"):
+                    raise StanzaError("forbidden", "only admins and owners grant moderator")
                 if not may_kick(actor.role, actor_aff, self.affiliation(target.jid)):
                     raise StanzaError("not-allowed", "you may not change that occupant's role")
                 changes.append(lambda t=target, r=role, why=reason: self._set_role(t, r, actor_nick, why))
