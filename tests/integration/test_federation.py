@@ -24,7 +24,9 @@ from twisted.internet import defer
 
 from support.federation import FederatedClientPool, TestCA, federation_overrides, subscribe_presence_and_chat
 from support.server import RunningServer, free_port, start_server
-from support.xmpp_clients import ClientPool, asyncio_test, online, run_in_reactor
+from support.xmpp_clients import (
+    ClientPool, asyncio_test, fetch_roster, from_deferred, is_presence, online, run_in_reactor,
+)
 
 A, B = "a.localhost", "b.localhost"
 PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-2"}
@@ -106,3 +108,61 @@ async def test_users_on_two_servers_subscribe_exchange_presence_and_chat(federat
         assert (b_out, a_in) == (set(), set())
     else:
         assert (a_out, b_out, a_in, b_in) == ({"sasl-external"},) * 4
+
+
+@pytest.fixture
+def virtual_hosts(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer, Path]]:
+    """A serves a.localhost ([tls] certificate) and a2.localhost (a certificate of its own,
+    [hosts."a2.localhost"]); B serves b.localhost. One CA; dialback off on both sides, so
+    every stream must authenticate with certificates; no bidi, so B opens its own stream."""
+    reactor = _reactor()
+    ca = TestCA(tmp_path / "ca")
+    port_a, port_b = free_port(), free_port()
+    a2_cert, a2_key = ca.issue(["a2.localhost"])
+    certs_only = {"dialback": False, "bidi": False}
+    overrides_a = federation_overrides(A, port_a, {B: f"127.0.0.1:{port_b}"}, certificate=ca.issue([A]),
+                                       ca_file=ca.path, s2s=certs_only)
+    overrides_a["server"]["domains"] = [A, "a2.localhost"]
+    overrides_a["hosts"] = {"a2.localhost": {"certificate": str(a2_cert), "private_key": str(a2_key)}}
+    overrides_b = federation_overrides(B, port_b, {A: f"127.0.0.1:{port_a}", "a2.localhost": f"127.0.0.1:{port_a}"},
+                                       certificate=ca.issue([B]), ca_file=ca.path, s2s=certs_only)
+    a = run_in_reactor(lambda: start_server((tmp_path / "a").resolve(), reactor, overrides_a))
+    b = run_in_reactor(lambda: start_server((tmp_path / "b").resolve(), reactor, overrides_b))
+    try:
+        yield a, b, ca.path
+    finally:
+        run_in_reactor(b.stop)
+        run_in_reactor(a.stop)
+
+
+@asyncio_test
+async def test_virtual_host_with_its_own_certificate_federates_with_it(
+        virtual_hosts: tuple[RunningServer, RunningServer, Path]) -> None:
+    """The [hosts] certificate of a2.localhost is what B sees, in both directions (SNI on
+    B's connections to us, our client certificate on ours), so SASL EXTERNAL works for a
+    domain the [tls] certificate does not name."""
+    from twisted.internet import defer as _defer
+
+    from support.xmpp_clients import TestClient
+
+    a, b, ca_path = virtual_hosts
+    await from_deferred(_defer.gatherResults([a.accounts.register("carol@a2.localhost", "carol-secret-3"),
+                                              b.create_account("bob", PASSWORDS["bob"])]))
+    carol = TestClient("carol@a2.localhost/desk", "carol-secret-3", cafile=ca_path)
+    bob = TestClient(f"bob@{B}/work", PASSWORDS["bob"], cafile=ca_path)
+    try:
+        for client, server in ((carol, a), (bob, b)):
+            await client.login(server.c2s_port)
+            await fetch_roster(client)
+            client.send_presence()
+            await client.presences.wait_for(is_presence(None, client.boundjid.full), what="own presence")
+        await subscribe_presence_and_chat(carol, bob)
+    finally:
+        for client in (carol, bob):
+            await client.close(timeout=2.0)
+    federation_b = b.service.federation.service
+    incoming_b = {pair: m for s in federation_b.incoming for pair, m in s.auth_methods.items()}
+    assert incoming_b.get(("a2.localhost", B)) == "sasl-external"
+    federation_a = a.service.federation.service
+    incoming_a = {pair: m for s in federation_a.incoming for pair, m in s.auth_methods.items()}
+    assert incoming_a.get((B, "a2.localhost")) == "sasl-external"

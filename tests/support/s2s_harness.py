@@ -110,7 +110,7 @@ class FakeTLS:
         self.server = "server-context"
         self.valid_peers: set[str] = set()
 
-    def client(self, server_name: str, direct_tls: bool = False) -> Any:
+    def client(self, server_name: str, direct_tls: bool = False, local: str = "") -> Any:
         return ("client-context", server_name, direct_tls)
 
     def peer(self, transport: Any) -> FakePeerCertificate:
@@ -240,7 +240,7 @@ class S2SHarness:
         self.router.default = self.service
         self.service.startService()
 
-    def _connect(self, remote: str, target: Target, factory: Any) -> defer.Deferred:
+    def _connect(self, local: str, remote: str, target: Target, factory: Any) -> defer.Deferred:
         attempt = Attempt(remote, target, factory)
         attempt.deferred = defer.Deferred(lambda d: None)   # cancellable, like an endpoint's
         self.attempts.append(attempt)

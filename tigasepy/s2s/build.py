@@ -44,7 +44,7 @@ def build_federation(config: Config, router: IRouter, reactor: Any) -> Federatio
         return None
     certificate, private_key = tls.ensure_certificate(config)
     trust = TrustStore(_config_path(config, s2s.ca_file) if s2s.ca_file else "")
-    s2s_tls = S2STLS(certificate, private_key, trust)
+    s2s_tls = S2STLS(certificate, private_key, trust, tls.host_certificates(config))
     secret_path = (_config_path(config, s2s.dialback_secret_file) if s2s.dialback_secret_file
                    else config.data_path / DIALBACK_SECRET_FILE)
     secret = load_or_create_dialback_secret(secret_path)

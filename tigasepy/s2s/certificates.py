@@ -191,32 +191,50 @@ class S2STLS:
         certificate: PEM file with our certificate (then its intermediates).
         private_key: PEM file with its key.
         trust: the trust store peer certificates are judged against.
+        host_certificates: virtual hosts with a certificate of their own (``[hosts."D"]``):
+            domain -> (certificate, key). An incoming stream whose TLS server name is such
+            a domain gets its certificate; an outgoing stream from it presents it.
     """
 
-    def __init__(self, certificate: Path | str, private_key: Path | str, trust: TrustStore) -> None:
+    def __init__(self, certificate: Path | str, private_key: Path | str, trust: TrustStore,
+                 host_certificates: dict[str, tuple[Path, Path]] | None = None) -> None:
         self.trust = trust
         self.certificate = Path(certificate)
         self.private_key = Path(private_key)
+        hosts = host_certificates or {}
         # STARTTLS and direct TLS on incoming streams: ALPN xmpp-server, peer certificate asked for.
-        self.server = server_tls.server_context_factory(certificate, private_key, alpn=(ALPN_XMPP_SERVER,))
-        server_context = self.server.getContext()
-        trust.load_into(server_context)
-        server_context.set_session_id(b"tigasepy-s2s")
-        self._client_context = self._make_client_context()
+        self.server = self._server_options(self.certificate, self.private_key, ("tls",))
+        by_name = {domain: self._server_options(Path(c), Path(k), ("hosts", domain))
+                   for domain, (c, k) in hosts.items()}
+        if by_name:
+            server_tls.with_sni(self.server, by_name)
+        self._client_context = self._make_client_context(self.certificate, self.private_key)
+        self._client_by_domain = {domain.lower(): self._make_client_context(Path(c), Path(k))
+                                  for domain, (c, k) in hosts.items()}
 
-    def _make_client_context(self) -> SSL.Context:
+    def _server_options(self, certificate: Path, private_key: Path, option_path: tuple[str, ...]) -> Any:
+        options = server_tls.server_context_factory(certificate, private_key, alpn=(ALPN_XMPP_SERVER,),
+                                                    option_path=option_path)
+        context = options.getContext()
+        self.trust.load_into(context)
+        context.set_session_id(b"tigasepy-s2s")
+        return options
+
+    def _make_client_context(self, certificate: Path, private_key: Path) -> SSL.Context:
         context = SSL.Context(SSL.TLS_METHOD)
         context.set_min_proto_version(SSL.TLS1_2_VERSION)
         context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_TICKET)
-        context.use_certificate_chain_file(str(self.certificate))
-        context.use_privatekey_file(str(self.private_key))
+        context.use_certificate_chain_file(str(certificate))
+        context.use_privatekey_file(str(private_key))
         context.check_privatekey()
         self.trust.load_into(context)
         return context
 
-    def client(self, server_name: str, direct_tls: bool = False) -> "ClientTLS":
-        """The connection creator for an outgoing stream to ``server_name`` (SNI; ALPN on direct TLS)."""
-        return ClientTLS(self._client_context, server_name, alpn=direct_tls)
+    def client(self, server_name: str, direct_tls: bool = False, local: str = "") -> "ClientTLS":
+        """The connection creator for an outgoing stream from ``local`` to ``server_name``
+        (SNI ``server_name``; ALPN on direct TLS; ``local``'s own certificate if it has one)."""
+        context = self._client_by_domain.get(local.lower(), self._client_context)
+        return ClientTLS(context, server_name, alpn=direct_tls)
 
     def peer(self, transport: Any) -> PeerCertificate | None:
         """The peer's certificate on ``transport``, judged against the trust store."""

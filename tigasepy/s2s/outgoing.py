@@ -177,7 +177,7 @@ class OutgoingRoute:
         self._log.debug("s2s: connecting to {remote} at {target}", remote=self.remote, target=str(target))
         self._attempt_timer = self.clock.callLater(self.config.connect_timeout_s, self._attempt_timeout, target)
         factory = _OutgoingFactory(self, target)
-        attempt = self.service.connect(self.remote, target, factory)
+        attempt = self.service.connect(self.local, self.remote, target, factory)
         self._attempt = attempt
         attempt.addCallbacks(self._connected, self._connect_failed, errbackArgs=(target,))
 
@@ -470,7 +470,7 @@ class OutgoingServerStream(ServerStream):
                    "dialback off)")
 
     def _start_tls(self) -> None:
-        self.transport.startTLS(self.service.tls.client(self.remote_domain))
+        self.transport.startTLS(self.service.tls.client(self.remote_domain, local=self.local_domain))
         self.secure = True
         self._stage = "header"
         self.restart()

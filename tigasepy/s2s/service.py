@@ -37,7 +37,7 @@ from tigasepy.s2s.outgoing import OutgoingRoute, Verification, _State
 from tigasepy.s2s.resolver import Resolver, Target
 from tigasepy.s2s.stream import ServerStream, addresses
 
-ConnectFn = Callable[[str, Target, Any], defer.Deferred]
+ConnectFn = Callable[[str, str, Target, Any], defer.Deferred]
 
 
 @implementer(IComponent)
@@ -54,9 +54,9 @@ class S2SService(service.Service):
         is_local: whether a domain is served here (hosted or a component); by default
             whether the router has a route of its own for it.
         default_domain: the domain named in a stream header written only to carry an error.
-        connect: ``connect(remote_domain, target, factory)`` returning a Deferred that
-            fires with the connected protocol; by default TCP (direct TLS for
-            ``target.direct_tls``) on ``clock``. Tests replace it.
+        connect: ``connect(local_domain, remote_domain, target, factory)`` returning a
+            Deferred that fires with the connected protocol; by default TCP (direct TLS
+            for ``target.direct_tls``) on ``clock``. Tests replace it.
     """
 
     _log = Logger()
@@ -128,7 +128,7 @@ class S2SService(service.Service):
         if self.routes.get((route.local, route.remote)) is route:
             del self.routes[(route.local, route.remote)]
 
-    def _connect_tcp(self, remote: str, target: Target, factory: Any) -> defer.Deferred:
+    def _connect_tcp(self, local: str, remote: str, target: Target, factory: Any) -> defer.Deferred:
         timeout = self.config.connect_timeout_s
         if isIPAddress(target.host):
             endpoint: Any = endpoints.TCP4ClientEndpoint(self.clock, target.host, target.port, timeout=timeout)
@@ -139,7 +139,7 @@ class S2SService(service.Service):
         if target.direct_tls:
             if self.tls is None:
                 return defer.fail(ConnectionError("direct TLS without a certificate"))
-            endpoint = endpoints.wrapClientTLS(self.tls.client(remote, direct_tls=True), endpoint)
+            endpoint = endpoints.wrapClientTLS(self.tls.client(remote, direct_tls=True, local=local), endpoint)
         return endpoint.connect(factory)
 
     # -- XEP-0288 -----------------------------------------------------------------------
