@@ -14,7 +14,8 @@ from tigasepy.admin import portability as pie
 from tigasepy.auth.accounts import make_credentials
 from tigasepy.storage.database import run_sync
 from tigasepy.storage.factory import database_engine
-from tigasepy.storage.interfaces import PrivacyItem, PrivacySettings, RosterItem, VCard
+from tigasepy.extensions.pep_rules import DEFAULTS
+from tigasepy.storage.interfaces import PepItem, PrivacyItem, PrivacySettings, RosterItem, VCard
 from tigasepy.storage.migrate import upgrade_txn
 from tigasepy.storage.sql import accounts as sql_accounts
 from tigasepy.stream.parser import parse_stanza
@@ -77,6 +78,17 @@ def juliet() -> pie.UserData:
             "quiet": (PrivacyItem(5, "deny", "group", "Montagues & co", frozenset({"message", "presence-in"})),
                       PrivacyItem(10, "deny", "subscription", "none", frozenset({"iq"}))),
         }, default="public"),
+        pep={
+            "urn:xmpp:bookmarks:1": ({**DEFAULTS, "pubsub#access_model": "whitelist", "pubsub#max_items": "256"}, [
+                PepItem("play@conference.example.org", "<conference xmlns='urn:xmpp:bookmarks:1' name='The Play' "
+                                                       "autojoin='true'><nick>Jules</nick></conference>"),
+                PepItem("orchard@conference.example.org", "<conference xmlns='urn:xmpp:bookmarks:1' "
+                                                          "name='Orchard'/>"),
+            ]),
+            "http://jabber.org/protocol/nick": ({**DEFAULTS, "pubsub#access_model": "open"},
+                                                [PepItem("current", "<nick xmlns='http://jabber.org/protocol/nick'>"
+                                                                    "Jules</nick>")]),
+        },
     )
 
 
@@ -94,6 +106,7 @@ def canonical(user: pie.UserData) -> dict[str, Any]:
         "offline": [(round(stamp, 3), xml(text)) for stamp, text in user.offline],
         "archive": [(m.id, m.with_jid, round(m.stamp, 6), xml(m.xml)) for m in user.archive],
         "privacy": user.privacy,
+        "pep": {node: (config, [(i.item_id, xml(i.xml)) for i in items]) for node, (config, items) in user.pep.items()},
     }
 
 

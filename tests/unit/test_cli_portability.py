@@ -213,13 +213,13 @@ def test_unknown_data_is_skipped_and_reported(run, db, tmp_path):
     path = tmp_path / "pep.xml"
     path.write_text(
         "<server-data xmlns='urn:xmpp:pie:0'><host jid='plain.test'><user name='alice' password='pw-alice'>"
-        "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:bookmarks:1'/></pubsub>"
+        "<shopping-list xmlns='urn:example:unknown'/>"
         "<scram-credentials xmlns='urn:xmpp:pie:0#scram' mechanism='SCRAM-SHA-512'/>"
         "<query xmlns='jabber:iq:private'><x xmlns='jabber:iq:roster'/></query>"
         "</user></host></server-data>")
     status, out, err = run("import", str(path))
     assert status == 0, err
-    assert "ignored {http://jabber.org/protocol/pubsub}pubsub (1x)" in err
+    assert "ignored {urn:example:unknown}shopping-list (1x)" in err
     assert "ignored scram-credentials mechanism=SCRAM-SHA-512 (1x)" in err
     assert "private storage in reserved namespace 'jabber:iq:roster'" in err
     assert can_log_in(db, "alice@plain.test", "pw-alice") == ["SHA-1", "SHA-256"]
@@ -250,3 +250,64 @@ def test_import_of_a_real_prosody_export(run, db, config_path):
         RosterItem("carol@elsewhere.test", pending_in=True, in_roster=False),
         RosterItem("dave@elsewhere.test", None, "none", ask=True),
     ]
+
+
+PEP_EXAMPLE = """<?xml version='1.0' encoding='UTF-8'?>
+<server-data xmlns='urn:xmpp:pie:0'>
+  <host jid='plain.test'>
+    <user name='romeo' password='r0meo pw'>
+      <pubsub xmlns='http://jabber.org/protocol/pubsub#owner'>
+        <configure node='urn:xmpp:bookmarks:1'>
+          <x xmlns='jabber:x:data' type='form'>
+            <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field>
+            <field var='pubsub#access_model'><value>whitelist</value></field>
+            <field var='pubsub#max_items'><value>max</value></field>
+            <field var='pubsub#itemreply'><value>owner</value></field>
+          </x>
+        </configure>
+        <affiliations node='urn:xmpp:bookmarks:1'>
+          <affiliation jid='mercutio@example.net' affiliation='member'/>
+        </affiliations>
+        <configure node='http://jabber.org/protocol/nick'>
+          <x xmlns='jabber:x:data' type='form'>
+            <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field>
+            <field var='pubsub#access_model'><value>open</value></field>
+          </x>
+        </configure>
+      </pubsub>
+      <pubsub xmlns='http://jabber.org/protocol/pubsub'>
+        <items node='urn:xmpp:bookmarks:1'>
+          <item id='theplay@conference.shakespeare.lit'>
+            <conference xmlns='urn:xmpp:bookmarks:1' name='The Play&apos;s the Thing' autojoin='true'>
+              <nick>Romeo</nick>
+            </conference>
+          </item>
+          <item id='orchard@conference.shakespeare.lit'>
+            <conference xmlns='urn:xmpp:bookmarks:1' name='The Orchard' autojoin='1'><nick>Romeo</nick></conference>
+          </item>
+        </items>
+        <items node='http://jabber.org/protocol/nick'>
+          <item id='current'><nick xmlns='http://jabber.org/protocol/nick'>Romy</nick></item>
+        </items>
+      </pubsub>
+    </user>
+  </host>
+</server-data>
+"""
+
+
+def test_pep_nodes_of_the_xeps_example_are_imported(run, db, tmp_path):
+    path = tmp_path / "pep.xml"
+    path.write_text(PEP_EXAMPLE)
+    status, _out, err = run("import", str(path))
+    assert status == 0, err
+    assert "ignored PEP node option pubsub#itemreply (1x)" in err
+    assert "ignored PEP <affiliations/>" in err
+    romeo = db(pie.read_user_txn, "romeo@plain.test")
+    bookmarks, items = romeo.pep["urn:xmpp:bookmarks:1"]
+    assert bookmarks["pubsub#access_model"] == "whitelist" and bookmarks["pubsub#max_items"] == "256"
+    assert [i.item_id for i in items] == ["theplay@conference.shakespeare.lit", "orchard@conference.shakespeare.lit"]
+    assert "name='The Play&apos;s the Thing'" in items[0].xml
+    nick_config, [nick] = romeo.pep["http://jabber.org/protocol/nick"]
+    assert nick_config["pubsub#access_model"] == "open"
+    assert nick.xml == "<nick xmlns='http://jabber.org/protocol/nick'>Romy</nick>"

@@ -11,11 +11,14 @@ What moves, per account (``<host jid>``/``<user name>``):
 - the vCard (``vcard-temp``), private XML storage (``jabber:iq:private``), offline
   messages (``<offline-messages/>``, oldest first, with their delay stamp), privacy
   lists with the default list (``jabber:iq:privacy``, the XEP-0191 blocklist lives in
-  the default list) and the message archive (``<archive xmlns='urn:xmpp:pie:0#mam'>``
-  of XEP-0313 ``<result/>`` elements, oldest first).
+  the default list), the message archive (``<archive xmlns='urn:xmpp:pie:0#mam'>``
+  of XEP-0313 ``<result/>`` elements, oldest first) and PEP nodes (XEP-0163: their
+  configuration as ``<pubsub xmlns='...#owner'><configure/>`` data forms, their items,
+  oldest first, in ``<pubsub><items/>``).
 
-Anything else in an import (PEP nodes, unknown namespaces) is skipped and counted
-(``ImportReport.ignored``), as the XEP asks: ignore and tell the operator.
+Anything else in an import (node options tigasepy does not know, PEP affiliations and
+subscriptions, unknown namespaces) is skipped and counted (``ImportReport.ignored``), as
+the XEP asks: ignore and tell the operator.
 
 Layers, so that the command line and (later) an ad-hoc command share them:
 
@@ -52,12 +55,13 @@ from tigasepy.auth.accounts import InvalidAccountJID, InvalidPassword, make_cred
 from tigasepy.auth.scram import HASHES, digest_size
 from tigasepy.storage.engines import DatabaseEngine
 from tigasepy.storage.interfaces import (
-    PRIVACY_KINDS, AccountExists, ArchiveQuery, PrivacyItem, PrivacySettings, RosterItem, ScramCredential,
-    VCard,
+    PRIVACY_KINDS, AccountExists, ArchiveQuery, PepItem, PrivacyItem, PrivacySettings, RosterItem,
+    ScramCredential, VCard,
 )
 from tigasepy.storage.sql import accounts as sql_accounts
 from tigasepy.storage.sql import archive as sql_archive
 from tigasepy.storage.sql import offline as sql_offline
+from tigasepy.storage.sql import pep as sql_pep
 from tigasepy.storage.sql import privacy as sql_privacy
 from tigasepy.storage.sql import private as sql_private
 from tigasepy.storage.sql import roster as sql_roster
@@ -79,6 +83,11 @@ FORWARD = "urn:xmpp:forward:0"
 MAM = "urn:xmpp:mam:2"
 MAM_NAMESPACES = ("urn:xmpp:mam:2", "urn:xmpp:mam:1", "urn:xmpp:mam:0")
 SID = "urn:xmpp:sid:0"
+PUBSUB = "http://jabber.org/protocol/pubsub"
+PUBSUB_OWNER = "http://jabber.org/protocol/pubsub#owner"
+DATA_FORMS = "jabber:x:data"
+#: The most items a PEP node keeps unless ``[extensions.pep] max_items`` says otherwise.
+PEP_MAX_ITEMS = 256
 #: ejabberd marks offline messages with this (its own archive's id); meaningless here.
 EJABBERD_ARCHIVED = "urn:xmpp:mam:tmp"
 
@@ -124,6 +133,8 @@ class UserData:
     offline: list[tuple[float, str]] = field(default_factory=list)
     archive: list[ArchiveEntry] = field(default_factory=list)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    #: PEP node -> (its configuration, its items oldest first).
+    pep: dict[str, tuple[dict[str, str], list[PepItem]]] = field(default_factory=dict)
 
     @property
     def host(self) -> str:
@@ -284,10 +295,12 @@ class ImportReport:
 class _Reader:
     """Reads XEP-0227 files into ``UserData`` (see ``load_import``)."""
 
-    def __init__(self, report: ImportReport, now: float, domains: Sequence[str] | None) -> None:
+    def __init__(self, report: ImportReport, now: float, domains: Sequence[str] | None,
+                 pep_max_items: int = PEP_MAX_ITEMS) -> None:
         self.report = report
         self.now = now
         self.domains = domains
+        self.pep_max_items = pep_max_items
         self.seen: dict[str, Path] = {}
 
     # -- documents and includes --------------------------------------------------------
@@ -375,6 +388,7 @@ class _Reader:
         children = ([c for c, _where, _depth in self._expand(element, path, top, depth)]
                     if path is not None and top is not None else _children(element))
         pending: list[str] = []
+        pep_items: dict[str, list[PepItem]] = {}
         for child in children:
             key = (child.uri, child.name)
             try:
@@ -398,6 +412,12 @@ class _Reader:
                     user.archive.extend(self._archive(child, jid))
                 elif key == (PRIVACY, "query"):
                     user.privacy = self._privacy(child)
+                elif key == (PUBSUB_OWNER, "pubsub"):
+                    for node, config in self._pep_configs(child).items():
+                        user.pep[node] = (config, [])
+                elif key == (PUBSUB, "pubsub"):
+                    for node, items in self._pep_items(child).items():
+                        pep_items.setdefault(node, []).extend(items)
                 else:
                     self._ignore_element(child)
             except PortabilityError as e:
@@ -413,7 +433,65 @@ class _Reader:
             user.credentials = list(unique.values())
         if pending:
             user.roster = _with_pending(user.roster, pending)
+        for node, items in pep_items.items():
+            if node not in user.pep:
+                self.report.ignore("PEP items without a node configuration (defaults used)")
+                user.pep[node] = (self._pep_defaults(), [])
+            user.pep[node][1].extend(items)
         return user
+
+    def _pep_defaults(self) -> dict[str, str]:
+        from tigasepy.extensions.pep_rules import DEFAULTS
+
+        return dict(DEFAULTS)
+
+    def _pep_configs(self, pubsub: domish.Element) -> dict[str, dict[str, str]]:
+        from tigasepy.extensions.pep_rules import DEFAULTS, normalize
+        from tigasepy.xmpp.errors import StanzaError
+
+        out: dict[str, dict[str, str]] = {}
+        for child in _children(pubsub):
+            node = child.getAttribute("node")
+            if child.uri != PUBSUB_OWNER or child.name != "configure":
+                self.report.ignore(f"PEP <{child.name}/> (tigasepy keeps no explicit affiliations or subscriptions)")
+                continue
+            if not node:
+                raise PortabilityError("PEP <configure/> without node=")
+            config = dict(DEFAULTS)
+            form = next(child.elements(DATA_FORMS, "x"), None)
+            for field_ in form.elements(DATA_FORMS, "field") if form is not None else ():
+                var = field_.getAttribute("var")
+                if not var or var == "FORM_TYPE":
+                    continue
+                values = [_text(v) for v in field_.elements(DATA_FORMS, "value")]
+                if var not in DEFAULTS:
+                    self.report.ignore(f"PEP node option {var}")
+                    continue
+                try:
+                    config[var] = normalize(var, values[0] if values else "", self.pep_max_items)
+                except StanzaError:
+                    self.report.ignore(f"PEP node option {var} with a value tigasepy cannot take")
+            out[node] = config
+        return out
+
+    def _pep_items(self, pubsub: domish.Element) -> dict[str, list[PepItem]]:
+        import uuid
+
+        out: dict[str, list[PepItem]] = {}
+        for items in _children(pubsub):
+            node = items.getAttribute("node")
+            if items.uri != PUBSUB or items.name != "items":
+                self._ignore_element(items)
+                continue
+            if not node:
+                raise PortabilityError("PEP <items/> without node=")
+            for item in items.elements(PUBSUB, "item"):
+                payloads = _children(item)
+                if len(payloads) != 1:
+                    raise PortabilityError(f"PEP node {node!r}: an <item/> carries exactly one payload element")
+                out.setdefault(node, []).append(
+                    PepItem(item.getAttribute("id") or str(uuid.uuid4()), to_text(payloads[0])))
+        return out
 
     def _scram(self, element: domish.Element) -> ScramCredential | None:
         mechanism = element.getAttribute("mechanism") or ""
@@ -643,19 +721,20 @@ def _with_pending(roster: list[RosterItem], requesters: Iterable[str]) -> list[R
 
 
 def load_import(paths: Sequence[Path | str], domains: Sequence[str] | None = None,
-                now: float | None = None) -> ImportReport:
+                now: float | None = None, pep_max_items: int = PEP_MAX_ITEMS) -> ImportReport:
     """Read XEP-0227 files (each with ``<server-data/>`` at its root) into ``UserData``.
 
     Args:
         paths: the files; XIncludes are followed (relative paths inside each file's folder).
         domains: only ``<host/>`` elements of these domains (all when None).
         now: the stamp for offline messages that carry no delay of their host.
+        pep_max_items: ``[extensions.pep] max_items`` (what a node's ``max`` means).
 
     Raises:
         PortabilityError: a file is unreadable or invalid, or an account appears twice.
     """
     report = ImportReport()
-    reader = _Reader(report, time.time() if now is None else now, domains)
+    reader = _Reader(report, time.time() if now is None else now, domains, pep_max_items)
     for path in paths:
         reader.read(Path(path))
     return report
@@ -700,6 +779,9 @@ def read_user_txn(cursor: Any, engine: DatabaseEngine, jid: str) -> UserData:
             break
         after = page[-1].seq
     user.privacy = sql_privacy.get_all_txn(cursor, engine, jid)
+    for node in sql_pep.nodes_txn(cursor, engine, jid):
+        config = sql_pep.get_node_txn(cursor, engine, jid, node) or {}
+        user.pep[node] = (config, list(reversed(sql_pep.items_txn(cursor, engine, jid, node, None))))
     return user
 
 
@@ -746,6 +828,13 @@ def import_user_txn(cursor: Any, engine: DatabaseEngine, user: UserData, existin
             known[message.id] = 0
     for name, items in user.privacy.lists.items():
         sql_privacy.put_list_txn(cursor, engine, jid, name, items, make_default=name == user.privacy.default)
+    if user.pep:
+        from tigasepy.extensions.pep_rules import max_items
+
+        for node, (config, pep_items) in user.pep.items():
+            sql_pep.put_node_txn(cursor, engine, jid, node, config)
+            for item in pep_items:                 # oldest first: the last one is the newest
+                sql_pep.publish_txn(cursor, engine, jid, node, item, max_items(config))
     return outcome
 
 
@@ -822,6 +911,17 @@ def user_element(user: UserData) -> domish.Element:
                 for kind in PRIVACY_KINDS:
                     if kind in item.kinds:
                         child.addChild(_element(PRIVACY, kind))
+    if user.pep:
+        from tigasepy.extensions.pep_rules import config_form
+
+        owner = out.addChild(_element(PUBSUB_OWNER, "pubsub"))
+        for node, (config, _items) in sorted(user.pep.items()):
+            owner.addChild(_element(PUBSUB_OWNER, "configure", {"node": node})).addChild(config_form(node, config))
+        published = out.addChild(_element(PUBSUB, "pubsub"))
+        for node, (_config, pep_items) in sorted(user.pep.items()):
+            container = published.addChild(_element(PUBSUB, "items", {"node": node}))
+            for item in pep_items:
+                container.addChild(_element(PUBSUB, "item", {"id": item.item_id})).addChild(parse_stanza(item.xml))
     if user.archive:
         archive = out.addChild(_element(PIE_MAM, "archive"))
         for message in user.archive:
