@@ -156,3 +156,18 @@ async def test_persistent_room_and_its_archive_survive_a_restart(xmpp_server: Ru
     finally:
         await second.close_all()
         await from_deferred(restarted.stop())
+
+
+@asyncio_test
+async def test_direct_invitation_is_routed(xmpp_server: RunningServer, clients: ClientPool) -> None:
+    """XEP-0249: a direct invitation is a message between users, delivered unchanged."""
+    alice = await muc_client(clients, "alice")
+    bob = await muc_client(clients, "bob")
+    message = alice.make_message(mto="bob@localhost")
+    invite = message.xml.makeelement("{jabber:x:conference}x", {"jid": ROOM, "reason": "join us"})
+    message.xml.append(invite)
+    message.send()
+    got = await bob.messages.wait_for(lambda m: m.xml.find("{jabber:x:conference}x") is not None)
+    x = got.xml.find("{jabber:x:conference}x")
+    assert (x.get("jid"), x.get("reason")) == (ROOM, "join us")
+    assert got["from"].bare == "alice@localhost"
