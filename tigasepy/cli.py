@@ -376,7 +376,8 @@ def _run_import(args: argparse.Namespace) -> int:
     config = _load(args)
     only = _hosted(config, args.domain) if args.domain else None
     try:
-        report = pie.load_import(args.files, domains=only)
+        pep_max_items = config.extensions.get("pep", {}).get("max_items", pie.PEP_MAX_ITEMS)
+        report = pie.load_import(args.files, domains=only, pep_max_items=pep_max_items)
     except pie.PortabilityError as e:
         raise CliError(str(e)) from None
     foreign = [host for host in report.hosts if host not in config.server.domains]
