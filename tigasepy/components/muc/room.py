@@ -7,6 +7,7 @@ it does no I/O of its own. The permission rules are plain functions (``default_r
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections import deque
@@ -488,7 +489,7 @@ class Room:
                     raise StanzaError("forbidden", "only admins and owners grant moderator")
                 if not may_kick(actor.role, actor_aff, self.affiliation(target.jid)):
                     raise StanzaError("not-allowed", "you may not change that occupant's role")
-                changes.append(lambda t=target, r=role, why=reason: self._set_role(t, r, actor_nick, why))
+                changes.append(functools.partial(self._set_role, target, role, actor_nick, reason))
             elif item.getAttribute("affiliation") and item.getAttribute("jid"):
                 new = item["affiliation"]
                 if new not in AFFILIATIONS:
@@ -500,7 +501,7 @@ class Room:
                 if old == "owner" and new != "owner" and \
                         [j for j, a in self.affiliations.items() if a == "owner"] == [target_jid]:
                     raise StanzaError("conflict", "a room needs an owner")
-                changes.append(lambda j=target_jid, a=new, why=reason: self._set_affiliation(j, a, actor_nick, why))
+                changes.append(functools.partial(self._set_affiliation, target_jid, new, actor_nick, reason))
             else:
                 raise StanzaError("bad-request")
         for change in changes:
