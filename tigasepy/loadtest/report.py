@@ -48,6 +48,10 @@ def summary_line(report: dict[str, Any]) -> str:
     tail = f" | errors {f['errors']}"
     if f.get("server_cpu_pct") is not None:
         tail += f", server cpu {f['server_cpu_pct']}%"
+    if f.get("server_us_per_msg") is not None:
+        tail += f" ({f['server_us_per_msg']:.0f} us/msg)"
+    if f.get("server_ms_per_login") is not None:
+        tail += f" ({f['server_ms_per_login']:.2f} ms/login)"
     if f.get("server_rss_max_kib"):
         tail += f", server rss max {_kib(f['server_rss_max_kib'])}"
     tail += f", client cpu {f['client_cpu_pct']}% x {p['workers']} worker(s)"

@@ -207,6 +207,8 @@ def aggregate(spec: RunSpec, results: list[dict[str, Any]], wall_s: float, worke
         "wall_s": round(wall_s, 3),
         "measured_s": round(measured_s, 3) if measured_s is not None else None,
         "measure_window_s": [round(window[0], 3), round(window[1], 3)] if window else None,
+        "server_cpu_measured_s": next((r.get("server_cpu_measured_s") for r in results
+                                       if r["worker"] == 0), None),
         "counters": counters,
         "latency_ms": latency.summary_ms(),
         "login_latency_ms": login_latency.summary_ms(),
@@ -239,6 +241,7 @@ def _figures(report: dict[str, Any], spec: RunSpec, latency: Histogram, login_la
     client_cpu = [s["client_cpu_pct"] for s in measured if s.get("client_cpu_pct") is not None]
     f["client_cpu_pct"] = _pct(client_cpu) if client_cpu else report["client"]["cpu_pct_per_worker"]
     f["client_bound"] = bool((f["client_cpu_pct"] or 0) >= 85.0)
+    server_cpu_s = report.get("server_cpu_measured_s")
     load = [s["loadavg"] for s in measured if s.get("loadavg") is not None]
     if load:
         f["loadavg"] = max(load)
@@ -253,7 +256,8 @@ def _figures(report: dict[str, Any], spec: RunSpec, latency: Histogram, login_la
         f.update(logins=ok, attempts=c.get("attempts", 0),
                  logins_per_s=round(ok / seconds, 1) if seconds else None,
                  login_p50_ms=login_latency.summary_ms()["p50"], login_p99_ms=login_latency.summary_ms()["p99"],
-                 pbkdf2_during_storm=report["extra"].get("pbkdf2_during_storm"))
+                 pbkdf2_during_storm=report["extra"].get("pbkdf2_during_storm"),
+                 server_ms_per_login=round(1000 * server_cpu_s / ok, 3) if server_cpu_s and ok else None)
     elif spec.scenario == "idle":
         before = report["extra"].get("rss_before_kib")
         after = report["extra"].get("rss_after_kib")
@@ -268,7 +272,8 @@ def _figures(report: dict[str, Any], spec: RunSpec, latency: Histogram, login_la
         f.update(pairs=c.get("pairs", 0), sent=c.get("sent", 0), delivered=delivered,
                  lost=c.get("lost", 0), duplicates=c.get("duplicates", 0),
                  msgs_per_s=round(delivered / seconds, 1) if seconds and spec.scenario == "chat" else None,
-                 p50_ms=s["p50"], p99_ms=s["p99"], max_ms=s["max"])
+                 p50_ms=s["p50"], p99_ms=s["p99"], max_ms=s["max"],
+                 server_us_per_msg=round(1e6 * server_cpu_s / delivered, 1) if server_cpu_s and delivered else None)
         if spec.scenario == "soak":
             f["rate"] = spec.rate
             f["achieved_send_rate"] = report["extra"].get("achieved_send_rate")
