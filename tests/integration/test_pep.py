@@ -131,3 +131,38 @@ async def test_bookmarks_native_and_private_storage_agree(clients: ClientPool) -
     native = await alice.plugin["xep_0060"].get_items("alice@localhost", BM2, timeout=5)
     ids = [item["id"] for item in native["pubsub"]["items"]]
     assert ids == ["coffee@conference.localhost"]
+
+
+@asyncio_test
+async def test_vcard_photo_and_pep_avatar_convert_both_ways(clients: ClientPool) -> None:
+    import base64
+    import hashlib
+
+    await befriend(clients, "alice", "bob")
+    alice = await clients.login("alice", resource="a", available=True)
+    bob = await clients.login("bob", resource="b")
+    with_pep(alice, "xep_0084")
+    with_pep(bob, "xep_0084")
+    avatars = catch(bob, "avatar_metadata_publish")
+    bob.send_presence()
+    await bob.ping_server()
+    photo = b"GIF89a vcard photo"
+    await raw_iq(alice, "set", f"<vCard xmlns='vcard-temp'><PHOTO><TYPE>image/gif</TYPE>"
+                               f"<BINVAL>{base64.b64encode(photo).decode()}</BINVAL></PHOTO></vCard>")
+    digest = hashlib.sha1(photo).hexdigest()
+    for _ in range(3):      # the last metadata on bob's presence may come first (none yet), then the new one
+        meta = await asyncio.wait_for(avatars.get(), 10)
+        if meta["pubsub_event"]["items"]["item"]["id"] == digest:
+            break
+    assert meta["pubsub_event"]["items"]["item"]["id"] == digest
+
+    # PEP -> vCard: an open avatar published by XEP-0084 becomes the vCard photo
+    data = b"\x89PNG pep avatar"
+    pep_digest = hashlib.sha1(data).hexdigest()
+    await alice.plugin["xep_0084"].publish_avatar(data, options=options(access_model="open"), timeout=5)
+    await alice.plugin["xep_0084"].publish_avatar_metadata(
+        [{"id": pep_digest, "bytes": len(data), "type": "image/png"}], options=options(access_model="open"),
+        timeout=5)
+    card = await raw_iq(bob, "get", "<vCard xmlns='vcard-temp'/>", to="alice@localhost")
+    binval = card.xml.find("{vcard-temp}vCard/{vcard-temp}PHOTO/{vcard-temp}BINVAL")
+    assert binval is not None and base64.b64decode(binval.text) == data

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 import pytest
 
 from tests.support.presence_kit import iq, make_stores, make_world, put
@@ -12,10 +15,11 @@ from tigasepy.extensions import pep_rules as rules
 from tigasepy.extensions.disco import ServiceDiscovery
 from tigasepy.extensions.message import MessageDelivery
 from tigasepy.extensions.pep import CapsCache, PepConfig, PersonalEventing, conferences
+from tigasepy.extensions.vcard import VCardTemp
 from tigasepy.extensions.private import PrivateConfig, PrivateStorage
 from tigasepy.sm.events import AccountEvent, AccountRemoved
-from tigasepy.storage.interfaces import IPepStore, IPrivateStore, RosterItem
-from tigasepy.storage.memory import MemoryPepStore, MemoryPrivateStore
+from tigasepy.storage.interfaces import IPepStore, IPrivateStore, IVCardStore, RosterItem
+from tigasepy.storage.memory import MemoryPepStore, MemoryPrivateStore, MemoryVCardStore
 from tigasepy.xmpp import namespaces as ns
 from tigasepy.xmpp.caps import verification_string
 
@@ -25,6 +29,9 @@ CAROL = "carol@example.org"
 TUNE = "http://jabber.org/protocol/tune"
 NICK = "http://jabber.org/protocol/nick"
 PUBSUB = rules.PUBSUB
+PHOTO = b"\x89PNG tiny"
+PHOTO_SHA1 = hashlib.sha1(PHOTO).hexdigest()
+PHOTO_B64 = base64.b64encode(PHOTO).decode()
 CAPS_NODE = "https://client.example/caps"
 
 
@@ -35,7 +42,7 @@ def caps_ver(features):
 @pytest.fixture
 def stores():
     stores = make_stores()
-    stores.update({IPepStore: MemoryPepStore(), IPrivateStore: MemoryPrivateStore()})
+    stores.update({IPepStore: MemoryPepStore(), IPrivateStore: MemoryPrivateStore(), IVCardStore: MemoryVCardStore()})
     return stores
 
 
@@ -44,6 +51,7 @@ def world(stores):
     return make_world(stores, extra=(
         (ServiceDiscovery, None),
         (MessageDelivery, None),
+        (VCardTemp, None),
         (PrivateStorage, PrivateConfig()),
         (PersonalEventing, PepConfig(max_items=10, max_item_bytes=300, max_nodes=5)),
     ))
@@ -158,7 +166,7 @@ def test_disco_on_the_bare_jid_shows_pep(world):
     assert ("pubsub", "pep") in identities
     assert {f"{PUBSUB}#auto-create", f"{PUBSUB}#publish-options", f"{PUBSUB}#auto-subscribe",
             f"{PUBSUB}#filtered-notifications", "urn:xmpp:bookmarks:1#compat",
-            "urn:xmpp:bookmarks:1#compat-pep"} <= features
+            "urn:xmpp:bookmarks:1#compat-pep", "urn:xmpp:pep-vcard-conversion:0"} <= features
 
 
 def test_publish_notifies_owner_and_contacts_with_notify(world, stores):
@@ -312,3 +320,69 @@ def test_private_storage_bookmarks_show_in_bookmarks2(world, stores):
     assert item_ids(items(world, alice, BM2, None)) == ["b@muc.example.org"]
     bob = world.connect(f"{BOB}/b")
     assert condition(items(world, bob, BM2, ALICE)) == "not-allowed"
+
+
+# -- XEP-0398 -------------------------------------------------------------------------------
+
+def test_vcard_photo_becomes_avatar_nodes(world, stores):
+    friends(stores)
+    alice = world.connect(f"{ALICE}/a")
+    bob = online(world, f"{BOB}/b", ["urn:xmpp:avatar:metadata+notify"])
+    bob.take()
+    reply = iq(world, alice, "set", f"<vCard xmlns='vcard-temp'><FN>A</FN><PHOTO><TYPE>image/png</TYPE>"
+                                    f"<BINVAL>{PHOTO_B64}</BINVAL></PHOTO></vCard>")
+    assert reply["type"] == "result"
+    assert item_ids(items(world, alice, "urn:xmpp:avatar:data", None)) == [PHOTO_SHA1]
+    meta = items(world, bob, "urn:xmpp:avatar:metadata", ALICE)
+    assert item_ids(meta) == [PHOTO_SHA1] and "image/png" in meta.toXml()
+    assert len(events(bob, "urn:xmpp:avatar:metadata")) == 1
+
+
+def test_pep_avatar_becomes_vcard_photo_and_presence_hash(world, stores):
+    alice = world.connect(f"{ALICE}/a")
+    iq(world, alice, "set", "<vCard xmlns='vcard-temp'><FN>Alice</FN></vCard>", "v")
+    publish(world, alice, "urn:xmpp:avatar:data", f"<data xmlns='urn:xmpp:avatar:data'>{PHOTO_B64}</data>",
+            PHOTO_SHA1, {"pubsub#access_model": "open"}, "d")
+    publish(world, alice, "urn:xmpp:avatar:metadata", f"<metadata xmlns='urn:xmpp:avatar:metadata'>"
+            f"<info id='{PHOTO_SHA1}' bytes='{len(PHOTO)}' type='image/png'/></metadata>", PHOTO_SHA1,
+            {"pubsub#access_model": "open"}, "m")
+    card = stores[IVCardStore].get(ALICE).result
+    assert card.photo_hash == PHOTO_SHA1 and "Alice" in card.xml and PHOTO_B64 in card.xml
+    world.send(alice, "<presence/>")
+    own = [s for s in alice.sent if s.name == "presence"]
+    assert PHOTO_SHA1 in own[-1].toXml()
+    publish(world, alice, "urn:xmpp:avatar:metadata", "<metadata xmlns='urn:xmpp:avatar:metadata'/>", "none",
+            {"pubsub#access_model": "open"}, "m2")
+    assert stores[IVCardStore].get(ALICE).result.photo_hash is None
+
+
+def test_pep_avatar_not_converted_unless_open(world, stores):
+    alice = world.connect(f"{ALICE}/a")
+    publish(world, alice, "urn:xmpp:avatar:data", f"<data xmlns='urn:xmpp:avatar:data'>{PHOTO_B64}</data>",
+            PHOTO_SHA1, None, "d")
+    publish(world, alice, "urn:xmpp:avatar:metadata", f"<metadata xmlns='urn:xmpp:avatar:metadata'>"
+            f"<info id='{PHOTO_SHA1}' bytes='{len(PHOTO)}' type='image/png'/></metadata>", PHOTO_SHA1, None, "m")
+    assert stores[IVCardStore].get(ALICE).result is None
+
+
+# -- XEP-0292 -------------------------------------------------------------------------------
+
+VCARD4 = "urn:ietf:params:xml:ns:vcard-4.0"
+
+
+def test_vcard4_set_get_and_notify(world, stores):
+    friends(stores)
+    alice = world.connect(f"{ALICE}/a")
+    bob = online(world, f"{BOB}/b", ["urn:xmpp:vcard4+notify"])
+    carol = world.connect(f"{CAROL}/c")
+    bob.take()
+    empty = iq(world, alice, "get", f"<vcard xmlns='{VCARD4}'/>")
+    assert empty["type"] == "result" and empty.firstChildElement().name == "vcard"
+    card = f"<vcard xmlns='{VCARD4}'><fn><text>Alice</text></fn></vcard>"
+    assert iq(world, alice, "set", card, "s")["type"] == "result"
+    assert len(events(bob, "urn:xmpp:vcard4")) == 1
+    theirs = iq(world, bob, "get", f"<vcard xmlns='{VCARD4}'/>", "g", to=ALICE)
+    assert "Alice" in theirs.toXml()
+    assert condition(iq(world, carol, "get", f"<vcard xmlns='{VCARD4}'/>", "c", to=ALICE)) == "forbidden"
+    assert condition(iq(world, bob, "set", card, "x", to=ALICE)) == "forbidden"
+    assert item_ids(items(world, alice, "urn:xmpp:vcard4", None)) == ["current"]

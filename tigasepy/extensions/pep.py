@@ -31,6 +31,8 @@ cached caps.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -47,13 +49,13 @@ from tigasepy.extensions import pep_rules as rules
 from tigasepy.extensions.pep_rules import PUBSUB, PUBSUB_EVENT, PUBSUB_OWNER, pubsub_error
 from tigasepy.extensions.private import PrivateStored
 from tigasepy.extensions.subscription import subscribed_from
+from tigasepy.extensions.vcard import VCARD, AvatarData, AvatarPhoto, VCardStored
 from tigasepy.interfaces import IExtension, Protocol
 from tigasepy.sm.events import (
     PASS, AccountEvent, AccountRemoved, InitialPresence, PresenceToLocal, SessionEnded, SessionEvent, StanzaEvent,
     Target,
 )
 from tigasepy.sm.host import ExtensionHost
-from tigasepy.sm.session import BoundSession
 from tigasepy.storage.interfaces import IPepStore, IPrivateStore, IRosterStore, PepItem
 from tigasepy.stream.parser import parse_stanza
 from tigasepy.xmpp import namespaces as ns
@@ -66,6 +68,11 @@ XML_NS = "http://www.w3.org/XML/1998/namespace"
 BOOKMARKS2 = "urn:xmpp:bookmarks:1"
 LEGACY_BOOKMARKS = "storage:bookmarks"
 BOOKMARK_NODES = (BOOKMARKS2, LEGACY_BOOKMARKS)
+AVATAR_DATA = "urn:xmpp:avatar:data"
+AVATAR_METADATA = "urn:xmpp:avatar:metadata"
+VCARD_CONVERSION = "urn:xmpp:pep-vcard-conversion:0"
+VCARD4 = "urn:ietf:params:xml:ns:vcard-4.0"
+VCARD4_NODE = "urn:xmpp:vcard4"
 
 #: What the account advertises (XEP-0163 section 6, XEP-0060 section 10, XEP-0402 section 3).
 FEATURES = tuple(f"{PUBSUB}#{name}" for name in (
@@ -86,6 +93,9 @@ class PepConfig:
     caps_cache_size: int = 2000     # resolved entity-capabilities hashes kept
     caps_timeout_s: float = 30.0    # how long a disco#info query for caps may take
     bookmarks_compat: bool = True   # XEP-0402 #compat / #compat-pep
+    avatar_conversion: bool = True  # XEP-0398: vCard PHOTO <-> XEP-0084 avatar nodes
+    avatar_open_only: bool = True   # PEP -> vCard only when urn:xmpp:avatar:data is open (XEP-0398 9)
+    vcard4: bool = True             # XEP-0292: <vcard/> IQs on the urn:xmpp:vcard4 node
 
     def validate(self, path: tuple[str, ...]) -> None:
         """Every limit at least 1."""
@@ -167,6 +177,10 @@ class PersonalEventing:
         Protocol("XEP-0223", "1.1.1", "complete", "whitelist nodes with persistent items"),
         Protocol("XEP-0402", "1.2.0", "complete", "with #compat and #compat-pep"),
         Protocol("XEP-0048", "1.2", "complete", "compatibility with XEP-0402 (private XML and PEP)"),
+        Protocol("XEP-0084", "1.1.4", "complete", "stored and notified like any PEP node"),
+        Protocol("XEP-0398", "1.0.0", "complete", "both directions; the XEP-0153 hash follows"),
+        Protocol("XEP-0292", "0.12.0", "partial",
+                 "vCard4 over PEP (urn:xmpp:vcard4) and the IQ get/set on it; no vcard-temp mapping"),
     )
     config_type = PepConfig
     _log = Logger()
@@ -189,6 +203,12 @@ class PersonalEventing:
             host.add_feature(BOOKMARKS2 + "#compat", target=Target.BARE)
             host.add_feature(BOOKMARKS2 + "#compat-pep", target=Target.BARE)
             host.hook(PrivateStored, self._private_stored)
+        if self._config.avatar_conversion:
+            host.add_feature(VCARD_CONVERSION, target=Target.BARE)
+            host.hook(VCardStored, self._vcard_stored)
+        if self._config.vcard4:
+            host.add_feature(VCARD4, target=Target.BARE)
+            host.on_iq(VCARD4, "vcard", self._vcard4, types=("get", "set"), targets=(Target.SELF, Target.BARE))
         for target in (Target.SELF, Target.BARE):
             host.on_iq(PUBSUB, "pubsub", self._pubsub, types=("get", "set"), targets=(target,))
             host.on_iq(PUBSUB_OWNER, "pubsub", self._owner, types=("get", "set"), targets=(target,))
@@ -253,7 +273,8 @@ class PersonalEventing:
             return True
         item = await self._roster.get_item(owner, requester) if config.get("pubsub#access_model") == "presence" \
             else None
-        return rules.may_read(config, owner, requester, subscribed_from(item) and item.in_roster)
+        return rules.may_read(config, owner, requester,
+                              item is not None and subscribed_from(item) and item.in_roster)
 
     async def _items(self, owner: str, requester: str, node: str, action: domish.Element) -> domish.Element:
         config = await self._node(owner, node)
@@ -334,6 +355,8 @@ class PersonalEventing:
         await self._broadcast(owner, node, config, event)
         if sync and self._config.bookmarks_compat and node in BOOKMARK_NODES:
             await self._sync_bookmarks(owner, node)
+        if sync and self._config.avatar_conversion and node == AVATAR_METADATA:
+            await self._avatar_to_vcard(owner, item.xml)
 
     async def _retract_request(self, owner: str, node: str, retract: domish.Element) -> None:
         config = await self._node(owner, node)
@@ -567,6 +590,101 @@ class PersonalEventing:
     async def _forget(self, event: AccountEvent) -> None:
         self._contacts.pop(event.jid, None)
         await self._store.remove_owner(event.jid)
+
+    # -- vCard4 (XEP-0292) ---------------------------------------------------------------------
+    def _vcard4(self, event: StanzaEvent) -> Any:
+        owner, requester = self._parties(event)
+        if event.stanza["type"] == "get":
+            return self._vcard4_get(owner, requester)
+        if requester != owner:
+            raise StanzaError("forbidden", "You can only set your own vCard")
+        vcard = event.stanza.firstChildElement()
+        xml = to_xml(vcard)
+        if len(xml.encode("utf-8")) > self._config.max_item_bytes:
+            raise StanzaError("not-acceptable", f"The vCard is larger than {self._config.max_item_bytes} bytes")
+        return self._host.serialized(owner, self._vcard4_set, owner, xml)
+
+    async def _vcard4_get(self, owner: str, requester: str) -> domish.Element:
+        config = await self._store.get_node(owner, VCARD4_NODE)
+        if config is None or not await self._may_read(config, owner, requester):
+            if requester == owner:
+                return domish.Element((VCARD4, "vcard"))
+            raise StanzaError("item-not-found" if config is None else "forbidden")
+        found = await self._store.items(owner, VCARD4_NODE, 1)
+        if not found:
+            return domish.Element((VCARD4, "vcard"))
+        return parse_stanza(found[0].xml)
+
+    async def _vcard4_set(self, owner: str, xml: str) -> None:
+        config = await self._store.get_node(owner, VCARD4_NODE)
+        if config is None:
+            await self._check_node_count(owner)
+        config = await self._ensure_node(owner, VCARD4_NODE, {})
+        await self.publish(owner, VCARD4_NODE, PepItem("current", xml), config)
+        return None
+
+    # -- avatar conversion (XEP-0398) -------------------------------------------------------
+    async def _avatar_to_vcard(self, owner: str, metadata_xml: str) -> None:
+        """The avatar a metadata item points at becomes the vCard's PHOTO (empty metadata: none)."""
+        try:
+            metadata = parse_stanza(metadata_xml)
+        except Exception:
+            return
+        infos = [i for i in element_children(metadata) if i.name == "info" and i.getAttribute("id")]
+        if not infos:
+            await defer.maybeDeferred(self._host.run_hooks, AvatarPhoto, AvatarData(owner, None))
+            return
+        info = next((i for i in infos if not i.getAttribute("url")), None)
+        if info is None:
+            return
+        config = await self._store.get_node(owner, AVATAR_DATA)
+        if config is None or (self._config.avatar_open_only
+                              and config.get("pubsub#access_model") != "open"):
+            return
+        found = await self._store.get_items(owner, AVATAR_DATA, [info["id"]])
+        if not found:
+            return
+        try:
+            data = base64.b64decode("".join(str(parse_stanza(found[0].xml)).split()), validate=True)
+        except Exception:
+            return
+        if hashlib.sha1(data).hexdigest() != info["id"]:
+            return
+        await defer.maybeDeferred(self._host.run_hooks, AvatarPhoto,
+                                  AvatarData(owner, data, info.getAttribute("type", "")))
+
+    def _vcard_stored(self, stored: Any) -> Any:
+        photo = next(stored.vcard.elements(VCARD, "PHOTO"), None)
+        binval = next(photo.elements(VCARD, "BINVAL"), None) if photo is not None else None
+        if photo is None or binval is None or not "".join(str(binval).split()):
+            return PASS
+        try:
+            data = base64.b64decode("".join(str(binval).split()), validate=True)
+        except Exception:
+            return PASS
+        kind = next(photo.elements(VCARD, "TYPE"), None)
+        d = self._host.serialized(stored.owner, self._vcard_to_avatar, stored.owner, data,
+                                  str(kind).strip() if kind is not None else "image/png")
+        return defer.maybeDeferred(lambda: d).addCallback(lambda _: PASS)
+
+    async def _vcard_to_avatar(self, owner: str, data: bytes, mime_type: str) -> None:
+        """Publish the vCard's photo to the avatar nodes (XEP-0398 section 4.2)."""
+        digest = hashlib.sha1(data).hexdigest()
+        current = await self._store.items(owner, AVATAR_METADATA, 1)
+        if current and f"id='{digest}'" in current[0].xml.replace('"', "'"):
+            return
+        if len(base64.b64encode(data)) + 100 > self._config.max_item_bytes:
+            return
+        open_node = {"pubsub#access_model": "open"}
+        payload = domish.Element((AVATAR_DATA, "data"))
+        payload.addContent(base64.b64encode(data).decode("ascii"))
+        data_config = await self._ensure_node(owner, AVATAR_DATA, open_node)
+        await self.publish(owner, AVATAR_DATA, PepItem(digest, to_xml(payload)), data_config)
+        metadata = domish.Element((AVATAR_METADATA, "metadata"))
+        info = metadata.addElement("info")
+        info["id"], info["bytes"], info["type"] = digest, str(len(data)), mime_type or "image/png"
+        meta_config = await self._ensure_node(owner, AVATAR_METADATA, open_node)
+        await self.publish(owner, AVATAR_METADATA, PepItem(digest, to_xml(metadata)), meta_config)
 
     # -- bookmarks compatibility (XEP-0402 section 3) ---------------------------------------
     def _private_stored(self, stored: Any) -> Any:

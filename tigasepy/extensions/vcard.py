@@ -13,6 +13,11 @@ has a photo, available presence a client sends without an
 ``<x xmlns='vcard-temp:x:update'/>`` of its own gets one with that hash, so that
 contacts learn the avatar even from clients that do not do XEP-0153 themselves.
 The hashes of the accounts with sessions are cached in memory.
+
+XEP-0398 (with the ``pep`` extension): a stored vCard is handed to ``VCardStored``
+handlers (PEP publishes its photo to the avatar nodes), and an avatar published over
+PEP arrives as an ``AvatarPhoto`` event that replaces the stored vCard's PHOTO (and
+so the hash above).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from zope.interface import implementer
 from tigasepy.config import ConfigError
 from tigasepy.interfaces import IExtension, Protocol
 from tigasepy.sm.events import (
-    PASS, AccountEvent, AccountRemoved, PresenceFromClient, SessionEnded, SessionEvent, StanzaEvent,
+    PASS, AccountEvent, AccountRemoved, HookPoint, PresenceFromClient, SessionEnded, SessionEvent, StanzaEvent,
     Target,
 )
 from tigasepy.sm.host import ExtensionHost
@@ -42,6 +47,28 @@ from tigasepy.xmpp.serialize import to_xml
 
 VCARD = "vcard-temp"
 VCARD_UPDATE = "vcard-temp:x:update"
+
+#: After a user stored its vCard (a ``VCardStored`` event); PEP converts its photo (XEP-0398).
+VCardStored = HookPoint("vcard/stored", "an account stored its vCard")
+#: An avatar published over PEP (an ``AvatarPhoto``) becomes the vCard's PHOTO (XEP-0398).
+AvatarPhoto = HookPoint("vcard/avatar-photo", "an avatar was published over PEP")
+
+
+@dataclass(frozen=True)
+class VCardData:
+    """The vCard ``owner`` stored (the parsed element)."""
+
+    owner: str
+    vcard: domish.Element
+
+
+@dataclass(frozen=True)
+class AvatarData:
+    """An avatar for the vCard of ``owner``: the image and its MIME type; None removes the PHOTO."""
+
+    owner: str
+    data: bytes | None
+    mime_type: str = ""
 
 #: Runs before the presence extension (priority 0) so that the broadcast carries the hash.
 PRESENCE_PRIORITY = 10
@@ -109,6 +136,7 @@ class VCardTemp:
         host.on_iq(VCARD, "vCard", self._set_own, types=("set",), targets=(Target.SELF,))
         host.on_iq(VCARD, "vCard", self._set_other, types=("set",), targets=(Target.BARE, Target.FULL))
         host.hook(AccountRemoved, self._forget)
+        host.hook(AvatarPhoto, self._avatar_photo)
         if self._config.avatar_hash_in_presence:
             host.hook(PresenceFromClient, self._presence, priority=PRESENCE_PRIORITY)
             host.hook(SessionEnded, self._session_ended)
@@ -141,7 +169,34 @@ class VCardTemp:
         await self._store.set(owner, VCard(xml=xml, photo_hash=digest))
         if owner in self._hashes:
             self._hashes[owner] = digest
+        try:
+            await defer.maybeDeferred(self._host.run_hooks, VCardStored, VCardData(owner, vcard))
+        except Exception:
+            self._log.failure("a vCard observer failed for {owner}", owner=owner)
         return None
+
+    async def _avatar_photo(self, avatar: AvatarData) -> Any:
+        """Put an avatar published over PEP into the stored vCard (XEP-0398 section 4.1)."""
+        owner = avatar.owner
+        stored = await self._store.get(owner)
+        vcard = self._element(stored) if stored is not None else _empty()
+        for photo in list(vcard.elements(VCARD, "PHOTO")):
+            vcard.children.remove(photo)
+        digest = None
+        if avatar.data is not None:
+            photo = vcard.addElement((VCARD, "PHOTO"))
+            if avatar.mime_type:
+                photo.addElement("TYPE", content=avatar.mime_type)
+            photo.addElement("BINVAL", content=base64.b64encode(avatar.data).decode("ascii"))
+            digest = hashlib.sha1(avatar.data).hexdigest()
+        xml = to_xml(vcard)
+        if len(xml.encode("utf-8")) > self._config.max_size_bytes:
+            self._log.info("the avatar of {owner} does not fit its vCard", owner=owner)
+            return PASS
+        await self._store.set(owner, VCard(xml=xml, photo_hash=digest))
+        if owner in self._hashes:
+            self._hashes[owner] = digest
+        return PASS
 
     def _set_other(self, event: StanzaEvent) -> None:
         raise StanzaError("forbidden", "You can only set your own vCard")
