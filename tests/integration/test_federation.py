@@ -166,3 +166,48 @@ async def test_virtual_host_with_its_own_certificate_federates_with_it(
     federation_a = a.service.federation.service
     incoming_a = {pair: m for s in federation_a.incoming for pair, m in s.auth_methods.items()}
     assert incoming_a.get((B, "a2.localhost")) == "sasl-external"
+
+
+@pytest.fixture
+def dns_federation(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer, Any]]:
+    """A finds B through DNS (a DNS server of the test's own on 127.0.0.1 answering an
+    ``_xmpp-server._tcp.b.localhost`` SRV record that points at B's s2s port on
+    ``localhost``); B has a static route to A. Dialback (self-signed certificates)."""
+    from twisted.names import client
+
+    from support.prosody import FakeDNS
+
+    reactor = _reactor()
+    dns = FakeDNS()
+    dns_port = run_in_reactor(lambda: defer.succeed(dns.listen(reactor)))
+    port_a, port_b = free_port(), free_port()
+    dns.add_srv(f"_xmpp-server._tcp.{B}", port_b, "localhost")
+    overrides_a = federation_overrides(A, port_a, {}, s2s={"use_dns": True})
+    overrides_b = federation_overrides(B, port_b, {A: f"127.0.0.1:{port_a}"})
+    a = run_in_reactor(lambda: start_server((tmp_path / "a").resolve(), reactor, overrides_a))
+    b = run_in_reactor(lambda: start_server((tmp_path / "b").resolve(), reactor, overrides_b))
+    a.service.federation.service.resolver.dns_resolver = client.Resolver(
+        servers=[("127.0.0.1", dns_port)], reactor=reactor)
+    run_in_reactor(lambda: defer.gatherResults([a.create_account("alice", PASSWORDS["alice"]),
+                                                b.create_account("bob", PASSWORDS["bob"])], consumeErrors=True))
+    pools = (FederatedClientPool(a), FederatedClientPool(b))
+    try:
+        yield a, b, (pools, dns)
+    finally:
+        for pool in pools:
+            run_in_reactor(pool.close_all)
+        run_in_reactor(b.stop)
+        run_in_reactor(a.stop)
+        run_in_reactor(dns.stop)
+
+
+@asyncio_test
+async def test_a_server_found_through_srv_records(dns_federation: tuple[RunningServer, RunningServer, Any]) -> None:
+    """The DNS path (twisted.names): SRV lookups for both services, then the SRV target."""
+    a, b, ((pool_a, pool_b), dns) = dns_federation
+    alice = await online(pool_a, "alice", "home")
+    bob = await online(pool_b, "bob", "work")
+    await subscribe_presence_and_chat(alice, bob)
+    assert {(f"_xmpp-server._tcp.{B}", "SRV"), (f"_xmpps-server._tcp.{B}", "SRV")} <= set(dns.queries)
+    route = next(iter(a.service.federation.service.routes.values()))
+    assert (route.stream.target.host, route.stream.target.port) == ("localhost", b.service.listener("s2s").port.getHost().port)

@@ -145,3 +145,18 @@ def test_the_dns_resolver_is_made_on_first_use_only() -> None:
     resolve(resolver, "c.example")
     resolve(resolver, "d.example")
     assert made == [1]
+
+
+def test_the_system_resolver_is_built_on_the_given_reactor(tmp_path) -> None:
+    """make_dns_resolver reads the name servers from a resolv.conf and sends nothing yet."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from tigasepy.s2s.resolver import make_dns_resolver
+
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 192.0.2.53\n")
+    reactor = MemoryReactorClock()
+    resolver = make_dns_resolver(reactor, str(conf))()
+    assert hasattr(resolver, "lookupService")
+    dns_client = resolver.resolvers[-1]
+    assert dns_client._reactor is reactor and dns_client.dynServers == [("192.0.2.53", 53)]

@@ -113,6 +113,9 @@ class Resolver:
             callable making one on first use, so that a server that never federates
             through DNS never reads ``/etc/resolv.conf``.
         rng: randomness for SRV weights (tests pass a seeded one).
+
+    ``dns_resolver`` stays an attribute: an embedder (or a test) may point it at other
+    name servers.
     """
 
     _log = Logger()
@@ -122,13 +125,13 @@ class Resolver:
         self._static = {domain.lower(): tuple(Target(h, p, t) for h, p, t in targets)
                         for domain, targets in static_routes.items()}
         self.use_dns = use_dns
-        self._dns = dns_resolver
+        self.dns_resolver = dns_resolver
         self._rng = rng or random.Random()
 
     def _resolver(self) -> Any:
-        if callable(self._dns) and not hasattr(self._dns, "lookupService"):
-            self._dns = self._dns()
-        return self._dns
+        if callable(self.dns_resolver) and not hasattr(self.dns_resolver, "lookupService"):
+            self.dns_resolver = self.dns_resolver()
+        return self.dns_resolver
 
     def resolve(self, domain: str) -> defer.Deferred:
         """Fires with a non-empty list of ``Target``s; fails with ``NoRoute``."""
@@ -136,7 +139,7 @@ class Resolver:
         static = self._static.get(domain)
         if static is not None:
             return defer.succeed(list(static))
-        if not self.use_dns or self._dns is None:
+        if not self.use_dns or self.dns_resolver is None:
             return defer.fail(NoRoute(f"no static route to {domain} and DNS is off"))
         return defer.ensureDeferred(self._resolve_dns(domain))
 
@@ -176,12 +179,14 @@ def _srv_records(result: Any, direct_tls: bool) -> list[SrvRecord]:
     return records
 
 
-def make_dns_resolver(reactor: Any) -> Callable[[], Any]:
-    """A factory for the system's DNS resolver (``/etc/resolv.conf``) on ``reactor``."""
+def make_dns_resolver(reactor: Any, resolv_conf: str = "/etc/resolv.conf") -> Callable[[], Any]:
+    """A factory for the system's DNS resolver (the servers of ``resolv_conf``, with a cache)
+    on ``reactor`` (``twisted.names.client.createResolver`` would take the global one)."""
 
     def make() -> Any:
-        from twisted.names import client
+        from twisted.names import cache, client, resolve
 
-        return client.createResolver(reactor=reactor)
+        return resolve.ResolverChain([cache.CacheResolver(reactor=reactor),
+                                      client.Resolver(resolv=resolv_conf, reactor=reactor)])
 
     return make

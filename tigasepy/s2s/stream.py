@@ -83,6 +83,7 @@ class ServerStream(protocol.Protocol):
         self.closed = False
         self.bidi = False
         self._header_sent = False
+        self._end_sent = False
         self._in_feed = False
         self._need_reset = False
         self._idle_timer: Any = None
@@ -188,8 +189,8 @@ class ServerStream(protocol.Protocol):
 
     # -- writing ------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        """Write raw bytes (negotiation and dialback elements)."""
-        if not self.closed:
+        """Write raw bytes (negotiation and dialback elements); nothing after our closing tag."""
+        if not self.closed and not self._end_sent:
             self.transport.write(data)
 
     def send_element(self, element: domish.Element) -> None:
@@ -230,9 +231,11 @@ class ServerStream(protocol.Protocol):
             error = stream_error(condition, text)
             self.write(error.toXml(prefixes={ns.STREAMS: "stream"}).encode("utf-8"))
             self.write(b"</stream:stream>")
+            self._end_sent = True
             self.transport.loseConnection()
             return
         self.write(b"</stream:stream>")
+        self._end_sent = True
         self._close_timer = self.clock.callLater(CLOSE_TIMEOUT_S, self._finish)
 
     def _finish(self) -> None:
