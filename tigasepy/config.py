@@ -276,6 +276,7 @@ class S2SConfig:
     max_unauthenticated: int = 500
     max_queued_stanzas: int = 1000
     stanza_size_limit_bytes: int = 524288
+    unauthenticated_stanza_size_limit_bytes: int = 10000
     max_depth: int = 32
 
     def validate(self, path: tuple[str, ...]) -> None:
@@ -293,6 +294,11 @@ class S2SConfig:
         _at_least(path + ("max_unauthenticated",), self.max_unauthenticated, 1)
         _at_least(path + ("max_queued_stanzas",), self.max_queued_stanzas, 1)
         _at_least(path + ("stanza_size_limit_bytes",), self.stanza_size_limit_bytes, 10000)
+        _at_least(path + ("unauthenticated_stanza_size_limit_bytes",),
+                  self.unauthenticated_stanza_size_limit_bytes, 4096)
+        if self.unauthenticated_stanza_size_limit_bytes > self.stanza_size_limit_bytes:
+            raise ConfigError("must be <= stanza_size_limit_bytes",
+                              path + ("unauthenticated_stanza_size_limit_bytes",))
         _at_least(path + ("max_depth",), self.max_depth, 4)
 
     def route_targets(self, domain: str) -> tuple[tuple[str, int, bool], ...] | None:
@@ -908,6 +914,7 @@ data_dir = "data"
 # max_unauthenticated = 500
 # max_queued_stanzas = 1000
 # stanza_size_limit_bytes = 524288
+# unauthenticated_stanza_size_limit_bytes = 10000
 # max_depth = 32
 # [s2s.routes]                      # static routes instead of DNS
 # "partner.example" = "10.1.2.3:5269"

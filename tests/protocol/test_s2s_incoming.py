@@ -407,3 +407,24 @@ def test_shutdown_closes_incoming_streams_with_system_shutdown(harness: S2SHarne
     peer = dialback_authenticated(harness)
     harness.service.stopService()
     assert peer.error() == "system-shutdown"
+
+
+@pytest.mark.parametrize("size,allowed", [(4000, True), (4200, False)])
+def test_elements_before_authentication_are_small(size: int, allowed: bool) -> None:
+    """``unauthenticated_stanza_size_limit_bytes`` bounds what an unauthenticated peer may send."""
+    harness = S2SHarness(unauthenticated_stanza_size_limit_bytes=4096)
+    peer = secure(harness)
+    peer.read()
+    opening = f"<db:verify from='{REMOTE}' to='{LOCAL}' id='x'>"
+    closing = "</db:verify>"
+    peer.send(opening + "k" * (size - len(opening) - len(closing)) + closing)
+    assert (peer.error() is None) is allowed
+    if not allowed:
+        assert peer.error() == "policy-violation"
+
+
+def test_authenticated_peers_may_send_full_size_stanzas() -> None:
+    harness = S2SHarness(unauthenticated_stanza_size_limit_bytes=4096)
+    peer = dialback_authenticated(harness)
+    peer.send(f"<message from='bob@{REMOTE}' to='alice@{LOCAL}'><body>{'x' * 20000}</body></message>")
+    assert peer.error() is None and len(harness.router.routed) == 1

@@ -43,6 +43,7 @@ def test_domain_lists_reject_non_domains(option: str) -> None:
 
 @pytest.mark.parametrize("option,minimum", [
     ("idle_timeout_s", 1), ("connect_timeout_s", 1), ("max_connections_per_peer", 1),
+    ("unauthenticated_stanza_size_limit_bytes", 4096),
     ("max_unauthenticated", 1), ("max_queued_stanzas", 1), ("stanza_size_limit_bytes", 10000), ("max_depth", 4)])
 def test_limits_at_and_below_their_minimum(option: str, minimum: int) -> None:
     assert getattr(load(**{option: minimum}), option) == minimum
@@ -105,3 +106,9 @@ def test_the_default_config_file_shows_every_option_at_its_default() -> None:
         expected = (str(value).lower() if isinstance(value, bool) else "[]" if value == () else
                     f'"{value}"' if isinstance(value, str) else str(value))
         assert shown == expected, (f.name, shown, expected)
+
+
+def test_the_unauthenticated_limit_may_not_exceed_the_stanza_limit() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(stanza_size_limit_bytes=20000, unauthenticated_stanza_size_limit_bytes=20001)
+    assert info.value.path == ("s2s", "unauthenticated_stanza_size_limit_bytes")

@@ -312,6 +312,7 @@ class IncomingServerStream(ServerStream):
         self.auth_methods[(remote, local)] = method
         self.remote_domains.add(remote)
         if first:
+            self.authenticated_now()
             self._leave_unauthenticated()
             if self._auth_timer is not None and self._auth_timer.active():
                 self._auth_timer.cancel()

@@ -521,6 +521,7 @@ class OutgoingServerStream(ServerStream):
     def _ready(self) -> None:
         self._stage = "ready"
         self.authenticated = True
+        self.authenticated_now()
         self.route.stream_authenticated(self)
 
     # -- stanzas from the peer (XEP-0288) -----------------------------------------------

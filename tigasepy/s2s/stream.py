@@ -90,8 +90,9 @@ class ServerStream(protocol.Protocol):
         self._close_timer: Any = None
         self._last_activity = 0.0
         self._peer_certificate: "PeerCertificate | None" = None
+        # Small until the peer authenticated a domain (``authenticated_now`` raises it).
         self.parser = StreamParser(self._started, self._element, self._ended,
-                                   max_stanza_bytes=self.config.stanza_size_limit_bytes,
+                                   max_stanza_bytes=self.config.unauthenticated_stanza_size_limit_bytes,
                                    max_depth=self.config.max_depth)
         self.parser.content_namespace = ns.SERVER
 
@@ -203,6 +204,10 @@ class ServerStream(protocol.Protocol):
             return
         self._last_activity = self.clock.seconds()
         self.transport.write(to_xml(stanza, ns.SERVER).encode("utf-8"))
+
+    def authenticated_now(self) -> None:
+        """A domain is authenticated on this stream: full-size stanzas from now on."""
+        self.parser.max_stanza_bytes = self.config.stanza_size_limit_bytes
 
     def touch(self) -> None:
         """Traffic in either direction: the stream is not idle."""
