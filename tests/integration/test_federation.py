@@ -28,7 +28,7 @@ from support.xmpp_clients import (
     ClientPool, asyncio_test, fetch_roster, from_deferred, is_presence, online, run_in_reactor,
 )
 
-A, B = "a.localhost", "b.localhost"
+A, B, DOWN = "a.localhost", "b.localhost", "down.localhost"
 PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-2"}
 
 
@@ -71,8 +71,9 @@ def federation(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Feder
         certs = {A: ca.issue([A]), B: ca.issue([B])}
         ca_file = ca.path
     s2s = {"bidi": mode != "external-without-bidi"}
-    overrides_a = federation_overrides(A, port_a, {B: f"127.0.0.1:{port_b}"}, certificate=certs[A],
-                                       ca_file=ca_file, s2s=s2s)
+    # down.localhost: a route to a port where nothing listens.
+    overrides_a = federation_overrides(A, port_a, {B: f"127.0.0.1:{port_b}", DOWN: f"127.0.0.1:{free_port()}"},
+                                       certificate=certs[A], ca_file=ca_file, s2s=s2s)
     overrides_b = federation_overrides(B, port_b, {A: f"127.0.0.1:{port_a}"}, certificate=certs[B],
                                        ca_file=ca_file, s2s=s2s)
     reactor = _reactor()
@@ -211,3 +212,23 @@ async def test_a_server_found_through_srv_records(dns_federation: tuple[RunningS
     assert {(f"_xmpp-server._tcp.{B}", "SRV"), (f"_xmpps-server._tcp.{B}", "SRV")} <= set(dns.queries)
     route = next(iter(a.service.federation.service.routes.values()))
     assert (route.stream.target.host, route.stream.target.port) == ("localhost", b.service.listener("s2s").port.getHost().port)
+
+
+@pytest.mark.parametrize("federation", ["dialback"], indirect=True)
+@asyncio_test
+async def test_errors_come_back_across_servers_and_unreachable_domains_bounce(federation: Federation) -> None:
+    """A message to a missing account on B comes back as B's error over s2s; a message to a
+    domain whose server does not answer comes back as remote-server-not-found."""
+    from support.xmpp_clients import CLIENT, stanza_text
+
+    alice = await online(federation.clients_a, "alice", "home")
+    alice.send_message(mto=f"nobody@{B}", mbody="anyone there?", mtype="chat")
+    error = await alice.messages.wait_for(lambda m: m.xml.get("type") == "error", what="B's error")
+    assert error.xml.get("from") == f"nobody@{B}"
+    assert error["error"]["condition"] == "service-unavailable"
+
+    alice.send_message(mto=f"carol@{DOWN}", mbody="hello?", mtype="chat")
+    error = await alice.messages.wait_for(lambda m: m.xml.get("type") == "error", what="the bounce")
+    assert error.xml.get("from") == f"carol@{DOWN}"
+    assert error["error"]["condition"] == "remote-server-not-found"
+    assert stanza_text(error, f"{{{CLIENT}}}body") == "hello?"

@@ -115,3 +115,16 @@ def test_contexts_build_from_our_certificate(tmp_path: Path) -> None:
 def test_an_unreadable_ca_file_fails_loudly(tmp_path: Path) -> None:
     with pytest.raises(Exception):
         TrustStore(tmp_path / "missing.pem")
+
+
+def test_client_connection_creator_provides_its_interface(tmp_path: Path) -> None:
+    from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+    from zope.interface.verify import verifyObject
+
+    cert_pem, key_pem = generate_self_signed(["a.example"])
+    (tmp_path / "c.pem").write_bytes(cert_pem)
+    (tmp_path / "k.pem").write_bytes(key_pem)
+    creator = S2STLS(tmp_path / "c.pem", tmp_path / "k.pem", TrustStore()).client("b.example")
+    verifyObject(IOpenSSLClientConnectionCreator, creator)
+    connection = creator.clientConnectionForTLS(object())
+    assert connection.get_servername() == b"b.example"
