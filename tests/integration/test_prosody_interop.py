@@ -16,7 +16,8 @@ other, then exchange presence and messages.
   tigasepy through an ``_xmpps-server`` record, and tigasepy's static route to Prosody is
   ``tls://``.
 
-Without prosody installed the tests skip locally and fail under CI (``.ci/run`` installs it).
+Without prosody and lua-unbound the tests skip locally and fail under CI (``.ci/run``
+installs both).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pytest
 from twisted.internet import defer
 
 from support.federation import FederatedClientPool, TestCA, federation_overrides, subscribe_presence_and_chat
-from support.prosody import FakeDNS, ProsodyServer, prosody_available
+from support.prosody import FakeDNS, ProsodyServer, prosody_missing
 from support.server import RunningServer, free_port, start_server
 from support.xmpp_clients import TestClient, asyncio_test, fetch_roster, is_presence, online, run_in_reactor
 from tigasepy.tls import generate_self_signed
@@ -79,8 +80,9 @@ def _self_signed(directory: Path, domain: str) -> tuple[Path, Path]:
 def interop(request: pytest.FixtureRequest, tmp_path: Path,
             missing_service: Callable[[str], Any]) -> Iterator[Interop]:
     """Prosody for b.example and tigasepy for a.example federating (module docstring)."""
-    if not prosody_available():
-        missing_service("prosody is not installed (apt-get install prosody)")
+    missing = prosody_missing()
+    if missing is not None:
+        missing_service(missing)
     from twisted.internet import reactor
 
     mode = request.param

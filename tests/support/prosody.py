@@ -30,9 +30,20 @@ PROSODYCTL = shutil.which("prosodyctl")
 START_TIMEOUT_S = 15.0
 
 
-def prosody_available() -> bool:
-    """True when Debian's prosody and prosodyctl are installed."""
-    return PROSODY is not None and PROSODYCTL is not None
+def prosody_missing() -> str | None:
+    """Why the interop tests cannot run here (None when they can): prosody, prosodyctl and
+    lua-unbound (without it Prosody would ask the system's name servers) are needed."""
+    if PROSODY is None or PROSODYCTL is None:
+        return "prosody is not installed (apt-get install prosody lua-unbound)"
+    interpreter = Path(PROSODY).read_text(errors="replace").splitlines()[0].removeprefix("#!").split()
+    try:
+        result = subprocess.run([*interpreter, "-e", 'require "lunbound"'], capture_output=True, timeout=10,
+                                stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"cannot run prosody's Lua interpreter {interpreter}: {e}"
+    if result.returncode != 0:
+        return "lua-unbound is not installed (apt-get install lua-unbound): prosody could not use the test's DNS"
+    return None
 
 
 class FakeDNS:
