@@ -53,6 +53,7 @@ def build_federation(config: Config, router: IRouter, reactor: Any) -> Federatio
     service = S2SService(s2s, router, reactor, secret, s2s_tls, resolver,
                          default_domain=config.server.domains[0])
     federation = Federation(service)
+    endpoint: Any
     if s2s.port:
         endpoint = endpoints.TCP4ServerEndpoint(reactor, s2s.port, interface=s2s.interface)
         federation.listeners.append(("s2s", endpoint, IncomingServerFactory(service)))

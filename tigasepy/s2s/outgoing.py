@@ -470,6 +470,7 @@ class OutgoingServerStream(ServerStream):
                    "dialback off)")
 
     def _start_tls(self) -> None:
+        assert self.service.tls is not None      # STARTTLS is only asked for with TLS available
         self.transport.startTLS(self.service.tls.client(self.remote_domain, local=self.local_domain))
         self.secure = True
         self._stage = "header"

@@ -60,13 +60,13 @@ class S2SService(service.Service):
     """
 
     _log = Logger()
-    name = "s2s"
     #: IComponent: the default route answers for every domain not served here.
     domain = "*"
 
     def __init__(self, config: S2SConfig, router: IRouter, clock: Any, secret: bytes, tls: S2STLS | None,
                  resolver: Resolver, is_local: Callable[[str], bool] | None = None, default_domain: str = "",
                  connect: ConnectFn | None = None) -> None:
+        self.setName("s2s")
         self.config = config
         self.router = router
         self.clock = clock
