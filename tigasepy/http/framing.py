@@ -160,7 +160,8 @@ class FramedClientStream(ClientStream):
     def _send_header(self) -> None:
         self.stream_id = secrets.token_urlsafe(12)
         domain = self.domain or self.factory.default_domain
-        self.transport.sink.send_open(self.stream_id, domain)
+        transport: Any = self.transport
+        transport.sink.send_open(self.stream_id, domain)
         self._header_sent = True
 
     def open_received(self, attrs: dict[str, str]) -> None:

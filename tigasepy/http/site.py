@@ -39,12 +39,13 @@ class LimitedRequest(server.Request):
     _refused = False
 
     def _limit(self) -> int:
-        path = getattr(self.channel, "_path", b"") or b""
-        return self.channel.site.body_limit(path)
+        channel: Any = self.channel
+        path = getattr(channel, "_path", b"") or b""
+        return channel.site.body_limit(path)
 
     def _refuse(self) -> None:
         self._refused = True
-        transport = self.channel.transport
+        transport: Any = self.channel.transport
         transport.write(b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\n"
                         b"Content-Length: 0\r\n\r\n")
         transport.loseConnection()
@@ -146,14 +147,10 @@ class HttpFrontend:
         self.websocket = XmppWebSocketResource(self._make_stream, self._allowed, self._secure,
                                                http.websocket_max_frame_bytes, http.websocket_ping_s, clock)
         root.putChild(http.websocket_path[1:].encode(), self.websocket)
-        self.bosh: Any = None
-        try:
-            from tigasepy.http.bosh import BoshResource
-        except ImportError:   # pragma: no cover
-            BoshResource = None
-        if BoshResource is not None:
-            self.bosh = BoshResource(http, self._make_stream, self._allowed, self._secure, clock)
-            root.putChild(http.bosh_path[1:].encode(), self.bosh)
+        from tigasepy.http.bosh import BoshResource
+
+        self.bosh = BoshResource(http, self._make_stream, self._allowed, self._secure, clock)
+        root.putChild(http.bosh_path[1:].encode(), self.bosh)
         well_known = _Empty()
         well_known.putChild(b"host-meta", HostMeta(self.links, json_form=False))
         well_known.putChild(b"host-meta.json", HostMeta(self.links, json_form=True))
@@ -170,7 +167,7 @@ class HttpFrontend:
     def endpoints(self, reactor: Any) -> list[tuple[str, Any]]:
         """(listener name, server endpoint) for the plain and the TLS port."""
         http = self.config.http
-        out = []
+        out: list[tuple[str, Any]] = []
         if http.port:
             out.append(("http", endpoints.TCP4ServerEndpoint(reactor, http.port, interface=http.interface)))
         if http.tls_port and self.tls_context is not None:

@@ -25,7 +25,7 @@ try:   # Twisted >= 25.5 with its "websocket" extra (wsproto)
     from wsproto.handshake import H11Handshake
     from wsproto.utilities import RemoteProtocolError
 except ImportError:   # pragma: no cover
-    _ws = None
+    _ws = None  # type: ignore[assignment]
 
 SUBPROTOCOL = "xmpp"
 
@@ -117,7 +117,7 @@ def _bounded_wire(connection: Any, ws: XmppWebSocket, limit: int) -> Any:
     twisted.web's WebSocket code joins the fragments of a message without a bound;
     after each read, a message already longer than ``limit`` ends the connection.
     """
-    wire = _ws._WebSocketWireProtocol(connection, _ws.serverBootstrap, ws)
+    wire: Any = _ws._WebSocketWireProtocol(connection, _ws.serverBootstrap, ws)  # type: ignore[type-var]
     receive = wire.dataReceived
 
     def data_received(data: bytes) -> None:
@@ -159,7 +159,7 @@ class XmppWebSocketResource(Resource):
             request.setResponseCode(403)
             request.setHeader(b"content-type", b"text/plain")
             return b"XMPP over WebSocket needs TLS here: use wss://\n"
-        offered = []
+        offered: list[str] = []
         for value in request.requestHeaders.getRawHeaders(b"sec-websocket-protocol", []):
             offered.extend(p.strip() for p in value.decode("latin-1").split(","))
         if SUBPROTOCOL not in offered:
