@@ -515,7 +515,16 @@ COMMANDS: tuple[Command, ...] = (
     Command("import", "read accounts and their data from XEP-0227 files (ejabberd, Prosody, tigasepy)",
             _configure_import, _run_import),
     Command("host", "virtual hosts in the config file: add, del, list", _configure_host),
+    Command("loadtest", "generate XMPP load against a server on this machine (see docs/loadtest.md)",
+            lambda parser: _loadtest_cli().configure(parser), lambda args: _loadtest_cli().run(args)),
 )
+
+
+def _loadtest_cli() -> Any:
+    # Imported only when used: the load tool is not needed to administer a server.
+    from tigasepy.loadtest import cli as loadtest_cli
+
+    return loadtest_cli
 
 
 def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:

@@ -291,3 +291,12 @@ def test_runs_as_a_real_process(tmp_path):
     assert (listed.returncode, listed.stdout) == (0, "alice@example.org\n")
     again = tigasepy("user", "add", "alice@example.org", "--password", "x")
     assert (again.returncode, again.stderr) == (1, "tigasepy: error: user alice@example.org exists\n")
+
+
+def test_loadtest_is_mounted_on_the_admin_command(capsys):
+    from tigasepy.cli import main
+
+    assert main(["loadtest", "--help"]) == 0
+    assert "login" in capsys.readouterr().out
+    assert main(["loadtest", "chat", "--host", "192.0.2.1", "--pairs", "1"]) == 2
+    assert "loopback" in capsys.readouterr().err

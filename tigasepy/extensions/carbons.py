@@ -130,13 +130,13 @@ class MessageCarbons:
         session = event.session
         if session is None or event.target is Target.HOST:
             return PASS
-        stanza = event.stanza
-        kind = event.type
-        if not eligible(stanza, kind, inbound=False):
-            return PASS
         owner = session.bare
         targets = self._copies_to(owner, (session,))
         if not targets:
+            return PASS             # nobody to copy to: skip the eligibility rules
+        stanza = event.stanza
+        kind = event.type
+        if not eligible(stanza, kind, inbound=False):
             return PASS
         original = copy_element(stanza)
         if not original.getAttribute("to"):
@@ -154,13 +154,15 @@ class MessageCarbons:
         event = delivery.event
         if event.extra.get(REDELIVERED):
             return                      # the copies went out when it first arrived
-        stanza = event.stanza
-        kind = event.type
-        if event.to is None or not eligible(stanza, kind, inbound=True):
+        if event.to is None:
             return
         owner = event.to.userhost()
         targets = self._copies_to(owner, delivery.sessions)
         if not targets:
+            return
+        stanza = event.stanza
+        kind = event.type
+        if not eligible(stanza, kind, inbound=True):
             return
         original = copy_element(stanza)
         for target in targets:

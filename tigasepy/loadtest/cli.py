@@ -62,7 +62,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--quiet", action="store_true", help="print only the summary line")
 
 
-def _configure(parser: argparse.ArgumentParser) -> None:
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the load-test scenarios and their options to ``parser``."""
     sub = parser.add_subparsers(dest="scenario", metavar="SCENARIO", required=True)
 
     p = sub.add_parser("login", help="login storm: logins/s and login latency")
@@ -110,7 +111,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``loadtest`` on an argparse subparsers object; its ``func`` default is ``run``."""
     parser = subparsers.add_parser("loadtest", help="generate XMPP load against a server on this machine",
                                    description=DESCRIPTION)
-    _configure(parser)
+    configure(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -118,7 +119,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """The stand-alone parser (``python -m tigasepy.loadtest``)."""
     parser = argparse.ArgumentParser(prog="python -m tigasepy.loadtest", description=DESCRIPTION)
-    _configure(parser)
+    configure(parser)
     return parser
 
 

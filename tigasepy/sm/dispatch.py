@@ -67,6 +67,9 @@ class HookTable:
 
     def __init__(self) -> None:
         self._hooks: dict[HookPoint, list[tuple[int, int, Hook]]] = {}
+        # The handlers per point in running order, rebuilt only when registrations
+        # change: the per-stanza path reads a ready list.
+        self._ordered: dict[HookPoint, list[Hook]] = {}
         self._counter = 0
 
     def add(self, point: HookPoint, handler: Hook, priority: int = 0) -> None:
@@ -75,19 +78,24 @@ class HookTable:
         entries = self._hooks.setdefault(point, [])
         entries.append((-priority, self._counter, handler))
         entries.sort(key=lambda e: (e[0], e[1]))
+        self._ordered[point] = [e[2] for e in entries]
 
     def remove(self, point: HookPoint, handler: Hook) -> None:
         """Unhook ``handler`` from ``point``."""
-        entries = self._hooks.get(point, [])
-        self._hooks[point] = [e for e in entries if e[2] is not handler]
+        entries = [e for e in self._hooks.get(point, []) if e[2] is not handler]
+        self._hooks[point] = entries
+        if entries:
+            self._ordered[point] = [e[2] for e in entries]
+        else:
+            self._ordered.pop(point, None)
 
     def has(self, point: HookPoint) -> bool:
         """True when a handler is hooked at ``point`` (one dict lookup)."""
-        return bool(self._hooks.get(point))
+        return point in self._ordered
 
     def handlers(self, point: HookPoint) -> list[Hook]:
         """The handlers at ``point`` in the order they run."""
-        return [e[2] for e in self._hooks.get(point, ())]
+        return list(self._ordered.get(point, ()))
 
     def run(self, point: HookPoint, event: Any) -> "Outcome | defer.Deferred":
         """Run the chain; returns HANDLED/PASS, or a Deferred of it once a handler went async.
@@ -95,10 +103,10 @@ class HookTable:
         A handler raising ``StanzaError`` stops the chain: the error propagates to the
         caller, who turns it into an error reply.
         """
-        entries = self._hooks.get(point)
-        if not entries:
+        handlers = self._ordered.get(point)
+        if not handlers:
             return Outcome.PASS
-        return self._run_from([e[2] for e in entries], 0, event)
+        return self._run_from(handlers, 0, event)
 
     def _run_from(self, handlers: list[Hook], index: int, event: Any) -> "Outcome | defer.Deferred":
         while index < len(handlers):
@@ -117,7 +125,7 @@ class HookTable:
 
     def notify(self, point: HookPoint, event: Any) -> None:
         """Run every observer at ``point``; failures are logged, never propagated."""
-        for handler in self.handlers(point):
+        for handler in self._ordered.get(point, ()):  # replaced, never mutated: safe to iterate
             try:
                 d = as_deferred(handler(event))
             except Exception:
