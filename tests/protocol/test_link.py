@@ -491,3 +491,12 @@ def _xmls(items) -> list[str]:
         xml = getattr(item, "xml", None) or getattr(item, "stanza", None) or item
         out.append(xml if isinstance(xml, str) else xml.toXml())
     return out
+
+
+def test_a_connection_manager_serves_only_domains_the_sm_hosts(world: LinkWorld) -> None:
+    """The SM is the authority on hosted domains: one it does not host (any more) is refused
+    even if the connection manager's config names it."""
+    remote = world.cms["cm1"].remote
+    assert remote.is_local_domain("example.org")
+    remote.domains = frozenset({"example.org", "other.example"})
+    assert not remote.is_local_domain("other.example")

@@ -104,6 +104,7 @@ class RemoteSessionManager(LinkSession):
         self.resumption: Any = None          # the c2s ResumptionRegistry (its sessions end with the link)
         self.auth = RemoteAuthentication(self)
         self._features: dict[str, dict[str, list[domish.Element]]] = {}
+        self._sm_domains: frozenset[str] | None = None
         self.mechanism_table: dict[str, dict[str, list[str]]] = {}
         self._next_id = 0
         self._requests: dict[int, tuple[defer.Deferred, Any]] = {}
@@ -139,8 +140,9 @@ class RemoteSessionManager(LinkSession):
 
     # -- ISessionManager -----------------------------------------------------------------
     def is_local_domain(self, domain: str) -> bool:
-        """True for the hosted domains of ``[server] domains``."""
-        return domain in self.domains
+        """True for a domain of ``[server] domains`` that the session manager hosts too (once
+        it said which it hosts)."""
+        return domain in self.domains and (self._sm_domains is None or domain in self._sm_domains)
 
     def features_for(self, domain: str, authenticated: bool) -> list[domish.Element]:
         """The stream features the session manager's extensions offer (pushed over the link)."""
@@ -362,6 +364,8 @@ class RemoteSessionManager(LinkSession):
         self._features = features
         self.mechanism_table = {d: dict(table) for d, table in header.get("mechanisms", {}).items()}
         domains = header.get("domains")
+        if domains:
+            self._sm_domains = frozenset(domains)
         if domains and set(domains) != set(self.domains):
             self._log.warn("the session manager hosts {theirs}, this process is configured for {ours}",
                            theirs=sorted(domains), ours=sorted(self.domains))

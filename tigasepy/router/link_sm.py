@@ -274,7 +274,8 @@ class ConnectionManagerPeer(LinkSession):
     def send_features(self) -> None:
         """Push the stream features and mechanism table (at link start and after a reload)."""
         if self.session_id is not None:
-            self.send_frame(snapshot(self.sm, self.auth, self.domains))
+            # The SM's domains now (virtual hosts can be added by a reload).
+            self.send_frame(snapshot(self.sm, self.auth, tuple(getattr(self.sm, "domains", self.domains))))
 
     # -- link session life cycle ---------------------------------------------------------
     def session_started(self, salvaged: list[bytes]) -> None:
