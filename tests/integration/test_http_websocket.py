@@ -120,3 +120,36 @@ async def test_plain_behind_a_tls_proxy_and_host_meta(xmpp_server: Any, accounts
         return 200
 
     assert await asyncio.to_thread(not_found) == 404
+
+
+@asyncio_test
+async def test_stream_management_resumes_a_websocket_session(xmpp_server: Any, clients: ClientPool) -> None:
+    sm = "urn:xmpp:sm:3"
+    _, wss = _urls(xmpp_server)
+    context = client_ssl_context(xmpp_server.certificate_path)
+    bob = await clients.login("bob", available=True)
+    first = WsClient(wss, "localhost", context)
+    await first.connect()
+    jid = await first.login("alice", xmpp_server.passwords["alice@localhost"], "SCRAM-SHA-256")
+    await first.send(f"<enable xmlns='{sm}' resume='true'/>")
+    enabled = await first.wait_for(f"{{{sm}}}enabled")
+    assert enabled.get("resume") == "true"
+    first.ws.transport.abort()          # the connection drops without </close>
+    for _ in range(50):
+        if not xmpp_server.sessions_of("alice") or \
+                all(type(s).__name__ == "DetachedSession" for s in xmpp_server.sessions_of("alice")):
+            break
+        await asyncio.sleep(0.1)
+    bob.send_message(mto=jid, mbody="while you were away", mtype="chat")
+    await bob.ping_server()
+    second = WsClient(wss, "localhost", context)
+    await second.connect()
+    try:
+        await second.authenticate("alice", xmpp_server.passwords["alice@localhost"])
+        await second.send(f"<resume xmlns='{sm}' previd='{enabled.get('id')}' h='0'/>")
+        resumed = await second.wait_for(f"{{{sm}}}resumed")
+        assert resumed.get("previd") == enabled.get("id")
+        message = await second.wait_for(f"{{{CLIENT}}}message")
+        assert message.find(f"{{{CLIENT}}}body").text == "while you were away"
+    finally:
+        await second.close()

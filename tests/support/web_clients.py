@@ -74,6 +74,17 @@ class WsClient:
 
     async def login(self, user: str, password: str, mechanism: str = "SCRAM-SHA-256",
                     resource: str = "web") -> str:
+        features = await self.authenticate(user, password, mechanism)
+        assert features.find(f"{{{BIND}}}bind") is not None
+        await self.send(f"<iq xmlns='{CLIENT}' type='set' id='b1'><bind xmlns='{BIND}'>"
+                        f"<resource>{resource}</resource></bind></iq>")
+        result = await self.recv()
+        assert result.get("type") == "result", ET.tostring(result)
+        self.jid = result.find(f"{{{BIND}}}bind/{{{BIND}}}jid").text
+        return self.jid
+
+    async def authenticate(self, user: str, password: str, mechanism: str = "SCRAM-SHA-256") -> ET.Element:
+        """SASL and the stream restart; returns the features after it."""
         features = await self.open()
         mechanisms = [m.text for m in features.iter(f"{{{SASL}}}mechanism")]
         assert mechanism in mechanisms, mechanisms
@@ -88,14 +99,7 @@ class WsClient:
             assert reply.tag == f"{{{SASL}}}success", ET.tostring(reply)
             scram.verify_server(base64.b64decode(reply.text or ""))
         assert reply.tag == f"{{{SASL}}}success", ET.tostring(reply)
-        features = await self.open()
-        assert features.find(f"{{{BIND}}}bind") is not None
-        await self.send(f"<iq xmlns='{CLIENT}' type='set' id='b1'><bind xmlns='{BIND}'>"
-                        f"<resource>{resource}</resource></bind></iq>")
-        result = await self.recv()
-        assert result.get("type") == "result", ET.tostring(result)
-        self.jid = result.find(f"{{{BIND}}}bind/{{{BIND}}}jid").text
-        return self.jid
+        return await self.open()
 
     async def wait_for(self, tag: str, timeout: float = 10) -> ET.Element:
         """The next message with ``tag`` (others are skipped)."""
