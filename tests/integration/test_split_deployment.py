@@ -99,3 +99,21 @@ async def test_the_dmz_data_directory_holds_no_account_data(split: Split, pools:
         assert names == ["link-secret", "localhost.crt", "localhost.key"], names
         assert cm.service.stores is None and cm.service.sm is None
     assert (split.sm_config.data_path / "tigasepy.sqlite").exists()
+
+
+@asyncio_test
+async def test_reloading_a_connection_manager_keeps_its_clients(split: Split, pools: list[ClientPool]) -> None:
+    """A connection manager's new c2s limits and link settings apply on reload; its logged-in
+    clients and its link stay."""
+    import dataclasses
+
+    alice = await pools[0].login("alice", resource="a")
+    cm = split.cms[0].service
+    config = cm.config
+    report = cm.reload(dataclasses.replace(config, c2s=dataclasses.replace(config.c2s, max_depth=8),
+                                           link=dataclasses.replace(config.link, grace_period_s=7)))
+    assert report.ok and "[c2s] max_depth" in report.changes and "[link] limits" in report.changes
+    assert cm.remote_sm.config.grace_period_s == 7 and cm.remote_sm.connected
+    assert all(f.config.max_depth == 8 for f in cm.c2s_factories)
+    await alice.ping_server()
+    assert not alice.stream_errors.items

@@ -500,3 +500,37 @@ def test_a_connection_manager_serves_only_domains_the_sm_hosts(world: LinkWorld)
     assert remote.is_local_domain("example.org")
     remote.domains = frozenset({"example.org", "other.example"})
     assert not remote.is_local_domain("other.example")
+
+
+def test_stream_resumption_stays_inside_the_connection_manager(world: LinkWorld) -> None:
+    """XEP-0198: a dropped client resumes on the same connection-manager process; the SM
+    keeps its one handle (nothing is unbound) and what it sent meanwhile arrives."""
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+
+    cm = world.cms["cm1"]
+    bob = cm.client()
+    bob.login(world, "bob", "b")
+    bob.receive(f"<enable xmlns='{SM}' resume='true'/>")
+    [enabled] = bob.output()
+    handle = world.sm.session("bob@example.org/b").handle
+    bob.stream.connectionLost(Failure(ConnectionLost()))
+    world.settle()
+    world.sm.deliver(parse_stanza("<message from='carol@example.org/c' to='bob@example.org/b' type='chat'>"
+                                  "<body>while detached</body></message>"))
+    world.settle()
+    again = cm.client()
+    again.start_auth("bob", "secret")
+    world.settle()
+    assert again.output()[0].name == "success"
+    again.view.restart()
+    again.receive(HEADER)
+    again.output()
+    again.receive(f"<resume xmlns='{SM}' previd='{enabled['id']}' h='0'/>")
+    out = again.output()
+    assert out[0].name == "resumed"
+    assert bodies([e for e in out if e.name == "message"]) == ["while detached"]
+    assert world.sm.session("bob@example.org/b").handle is handle
+    again.receive(chat("carol@example.org", "after resuming"))
+    world.settle()
+    assert world.sm.sessions_of("bob@example.org") != []
