@@ -195,6 +195,10 @@ def _run_init(args: argparse.Namespace) -> int:
     except OSError as e:
         raise CliError(f"cannot create data directory {config.data_path}: {e}") from None
     _out(f"data directory {config.data_path} ready")
+    if not config.has_role("sm"):
+        _out("a connection-manager process (roles without sm): no database; copy the session "
+             "manager's link secret here (docs/deployment.md)")
+        return 0
     if config.storage.backend == "memory":
         _out(f"storage backend is {config.storage.backend}: no database to prepare")
         return 0

@@ -66,3 +66,15 @@ def test_the_documented_examples_load():
             raw = tomllib.loads(block)
             raw.pop("tls", None)       # certificate files that do not exist here
             config_from_dict(raw)
+
+
+def test_init_of_a_connection_manager_creates_no_database(tmp_path, capsys):
+    """``tigasepy init`` in a DMZ process leaves its data directory without a database."""
+    from tigasepy import cli
+
+    path = tmp_path / "tigasepy.toml"
+    path.write_text('[server]\ndomains = ["example.org"]\nroles = ["c2s"]\n'
+                    '[link]\nlisten = "127.0.0.1:5350"\n')
+    assert cli.main(["--config", str(path), "init"]) == 0
+    assert "no database" in capsys.readouterr().out
+    assert list((tmp_path / "data").iterdir()) == []
