@@ -386,3 +386,26 @@ def test_vcard4_set_get_and_notify(world, stores):
     assert condition(iq(world, carol, "get", f"<vcard xmlns='{VCARD4}'/>", "c", to=ALICE)) == "forbidden"
     assert condition(iq(world, bob, "set", card, "x", to=ALICE)) == "forbidden"
     assert item_ids(items(world, alice, "urn:xmpp:vcard4", None)) == ["current"]
+
+
+# -- caps queries -----------------------------------------------------------------------------
+
+def test_an_unanswered_caps_query_expires_and_a_forged_answer_is_ignored(world, stores):
+    friends(stores)
+    alice = online(world, f"{ALICE}/a", [])
+    bob = world.connect(f"{BOB}/b")
+    features = sorted({TUNE + "+notify", ns.DISCO_INFO})
+    world.send(bob, f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='{CAPS_NODE}' "
+                    f"ver='{caps_ver(features)}'/></presence>")
+    [query] = [s for s in bob.sent if s.name == "iq"]
+    assert world.sm.iq_waiters
+    # carol answers in bob's place: not taken
+    carol = world.connect(f"{CAROL}/c")
+    world.send(carol, f"<iq type='result' id='{query['id']}' to='{ALICE}'><query xmlns='{ns.DISCO_INFO}'>"
+                      f"<feature var='{TUNE}+notify'/></query></iq>")
+    pep = world.sm.extensions["pep"][0]
+    assert len(pep._caps) == 1        # only alice's own caps
+    world.clock.advance(31)
+    assert not world.sm.iq_waiters and not pep._pending
+    publish(world, alice, TUNE, f"<tune xmlns='{TUNE}'/>")
+    assert events(bob) == []

@@ -179,6 +179,17 @@ def test_a_clients_own_update_element_is_left_alone(world, stores):
     assert _update_photos(seen) == [""]
 
 
+def test_an_update_element_without_photo_gets_the_hash(world, stores):
+    put(stores, ALICE, RosterItem(BOB, subscription="both"))
+    put(stores, BOB, RosterItem(ALICE, subscription="both"))
+    bob = login(world, f"{BOB}/b")
+    alice = world.connect(f"{ALICE}/a")
+    iq(world, alice, "set", VCARD_WITH_PHOTO)
+    world.send(alice, "<presence><x xmlns='vcard-temp:x:update'/></presence>")
+    [seen] = [p for p in bob.take() if p.name == "presence"]
+    assert _update_photos(seen) == [PHOTO_SHA1]
+
+
 def test_no_photo_no_update_element(world, stores):
     put(stores, ALICE, RosterItem(BOB, subscription="both"))
     put(stores, BOB, RosterItem(ALICE, subscription="both"))

@@ -72,6 +72,8 @@ AVATAR_DATA = "urn:xmpp:avatar:data"
 AVATAR_METADATA = "urn:xmpp:avatar:metadata"
 VCARD_CONVERSION = "urn:xmpp:pep-vcard-conversion:0"
 VCARD4 = "urn:ietf:params:xml:ns:vcard-4.0"
+#: Contact resources whose presence one account keeps track of (strangers' directed presence included).
+MAX_CONTACT_RESOURCES = 2000
 VCARD4_NODE = "urn:xmpp:vcard4"
 
 #: What the account advertises (XEP-0163 section 6, XEP-0060 section 10, XEP-0402 section 3).
@@ -522,6 +524,8 @@ class PersonalEventing:
                     del self._contacts[owner]
         elif kind == "available" and self._host.sessions(owner):
             contacts = self._contacts.setdefault(owner, {})
+            if full not in contacts and len(contacts) >= MAX_CONTACT_RESOURCES:
+                return PASS
             caps = _caps_of(event.stanza)
             ver = caps[1] if caps else None
             fresh = full not in contacts or contacts[full] != ver
@@ -548,6 +552,8 @@ class PersonalEventing:
             if len(waiting) < 100:
                 waiting.append((owner, full))
             return
+        if len(self._pending) >= self._config.caps_cache_size:
+            return    # too many queries in flight: this resource is asked on its next presence
         self._pending[ver] = [(owner, full)]
         query = domish.Element((None, "iq"))
         query["type"] = "get"

@@ -10,7 +10,8 @@ vCard: a set to another JID (bare or full, its own full JID included) is
 
 XEP-0153: the SHA-1 of the PHOTO's BINVAL is kept with the vCard. When the vCard
 has a photo, available presence a client sends without an
-``<x xmlns='vcard-temp:x:update'/>`` of its own gets one with that hash, so that
+``<x xmlns='vcard-temp:x:update'/>`` carrying a ``<photo/>`` of its own gets one with
+that hash (an update element without ``<photo/>`` is replaced, XEP-0398), so that
 contacts learn the avatar even from clients that do not do XEP-0153 themselves.
 The hashes of the accounts with sessions are cached in memory.
 
@@ -211,8 +212,11 @@ class VCardTemp:
         stanza = event.stanza
         if session is None or stanza.getAttribute("type") is not None:
             return PASS
-        if next(stanza.elements(VCARD_UPDATE, "x"), None) is not None:
+        updates = list(stanza.elements(VCARD_UPDATE, "x"))
+        if any(next(x.elements(VCARD_UPDATE, "photo"), None) is not None for x in updates):
             return PASS
+        for update in updates:    # an update element without <photo/> is overwritten (XEP-0398 section 5)
+            stanza.children.remove(update)
         owner = session.bare
         digest = self._hashes.get(owner, _UNKNOWN)
         if digest is _UNKNOWN:
