@@ -16,7 +16,7 @@ extensions drop their data on ``AccountRemoved``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Collection, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -121,19 +121,22 @@ class ServerAdmin:
         """Replace the password of ``jid``; fails with ``NoSuchAccount`` (and as ``add_user``)."""
         return self._accounts.set_password(jid, password)
 
-    def delete_user(self, jid: str) -> "defer.Deferred[str]":
+    def delete_user(self, jid: str, before_close: Callable[[], None] | None = None) -> "defer.Deferred[str]":
         """Remove the account ``jid``: its data in every store, then its sessions.
 
         The extensions drop their data on ``AccountRemoved`` (roster, offline
-        messages, vCard, private storage, last activity, ...), as for an in-band
-        removal. Fails with ``NoSuchAccount`` (and ``InvalidAccountJID``,
+        messages, vCard, private storage, last activity, ...). ``before_close`` runs
+        after that and before the account's streams end (an in-band removal answers
+        its IQ there). Fails with ``NoSuchAccount`` (and ``InvalidAccountJID``,
         ``DomainNotHosted``).
         """
         def removed(bare: str) -> str:
             self._host.notify(AccountRemoved, AccountEvent(bare))
+            if before_close is not None:
+                before_close()
             for session in self._host.sessions(bare):
                 session.handle.close("not-authorized", "The account was removed")
-            self._log.info("account {jid} removed by an administrator", jid=bare)
+            self._log.info("account {jid} removed", jid=bare)
             return bare
 
         return self._accounts.remove(jid).addCallback(removed)

@@ -24,10 +24,11 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from tigasepy.auth.accounts import AccountManager, DomainNotHosted, InvalidAccountJID, InvalidPassword
+from tigasepy.admin.commands import ServerAdmin
 from tigasepy.auth.plain import in_thread_pool, run_inline
 from tigasepy.config import ConfigError
 from tigasepy.interfaces import IExtension, Protocol
-from tigasepy.sm.events import HANDLED, AccountEvent, AccountRemoved, StanzaEvent, Target
+from tigasepy.sm.events import HANDLED, StanzaEvent, Target
 from tigasepy.sm.host import ExtensionHost
 from tigasepy.storage.interfaces import AccountExists, IAccountStore, NoSuchAccount
 from tigasepy.xmpp import namespaces as ns
@@ -173,16 +174,11 @@ class InBandRegistration:
         return d
 
     def _remove(self, event: StanzaEvent, bare: str) -> Any:
-        def removed(_: Any) -> None:
-            self._host.notify(AccountRemoved, AccountEvent(bare))
+        def answer() -> None:
             # The reply must reach the client before its stream ends.
             if event.session is not None:
                 event.session.send(iq_result(event.stanza))
-            for session in self._host.sessions(bare):
-                session.handle.close("not-authorized", "The account was removed")
-            return None
 
-        d = self._accounts.remove(bare)
-        d.addCallbacks(removed, self._map_error)
-        d.addCallback(lambda _: HANDLED)
+        d = ServerAdmin(self._accounts, self._host).delete_user(bare, before_close=answer)
+        d.addCallbacks(lambda _: HANDLED, self._map_error)
         return d
