@@ -206,14 +206,23 @@ class C2SConfig:
 
 @dataclass(frozen=True)
 class TLSConfig:
-    """``[tls]``: the certificate; empty paths mean ``<data_dir>/<domain>.crt/.key`` (generated)."""
+    """``[tls]``: the certificate; empty paths mean ``<data_dir>/<domain>.crt/.key`` (generated).
+
+    ``groups``: the key-exchange groups client connections may use, preferred first, as
+    OpenSSL names them (``"X25519MLKEM768"``, ``"X25519"``, ``"P-256"``...); empty keeps
+    OpenSSL's default list, which starts with the post-quantum hybrid X25519MLKEM768.
+    """
 
     certificate: str = ""
     private_key: str = ""
+    groups: tuple[str, ...] = ()
 
     def validate(self, path: tuple[str, ...]) -> None:
         if bool(self.certificate) != bool(self.private_key):
             raise ConfigError("certificate and private_key go together", path)
+        for name in self.groups:
+            if not name or ":" in name or any(c.isspace() for c in name):
+                raise ConfigError(f"{name!r} is not a key-exchange group name", path + ("groups",))
 
 
 def _check_domain_name(domain: str, path: tuple[str, ...]) -> None:
@@ -892,6 +901,9 @@ data_dir = "data"
 # Empty means <data_dir>/<domain>.crt and .key, self-signed and generated on first start.
 # certificate = "/etc/ssl/certs/{domain}.pem"
 # private_key = "/etc/ssl/private/{domain}.key"
+# groups = []                       # key exchange, preferred first; [] = OpenSSL's default
+#                                   # (X25519MLKEM768 first, ~8 KiB more per connection than
+#                                   # ["X25519", "P-256"]: docs/performance.md)
 
 [s2s]
 # Federation with other XMPP servers (docs/configuration.md, [s2s]).

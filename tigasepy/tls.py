@@ -237,6 +237,7 @@ def server_context_factory(
     *,
     alpn: tuple[bytes, ...] = (ALPN_XMPP_CLIENT,),
     option_path: tuple[str, ...] = ("tls",),
+    groups: tuple[str, ...] = (),
 ) -> CertificateOptions:
     """A server TLS context factory for STARTTLS and direct TLS.
 
@@ -255,6 +256,8 @@ def server_context_factory(
         alpn: the ALPN protocol ids to accept, preferred first (XEP-0368: ``xmpp-client``
             for c2s, ``xmpp-server`` for s2s); empty turns ALPN off.
         option_path: the config table the files come from, for errors (``("hosts", "a.org")``).
+        groups: the key-exchange groups to allow, preferred first (``[tls] groups``); empty
+            keeps OpenSSL's default.
 
     Raises:
         ConfigError: a file cannot be read or parsed, or the key does not match.
@@ -274,7 +277,7 @@ def server_context_factory(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ):
         raise ConfigError(f"the private key {key_path} does not match {cert_path}", option_path + ("private_key",))
-    return CertificateOptions(
+    options = CertificateOptions(
         # pyOpenSSL takes cryptography objects directly (its own X509/PKey are deprecated).
         privateKey=key,
         certificate=chain[0],
@@ -282,6 +285,23 @@ def server_context_factory(
         raiseMinimumTo=TLSVersion.TLSv1_2,
         acceptableProtocols=list(alpn) or None,
     )
+    if groups:
+        set_groups(options.getContext(), groups, ("tls", "groups"))
+    return options
+
+
+def set_groups(context: SSL.Context, groups: tuple[str, ...], option_path: tuple[str, ...]) -> None:
+    """Limit ``context``'s key exchange to ``groups`` (OpenSSL names), preferred first.
+
+    Raises:
+        ConfigError: OpenSSL knows none or not all of the names.
+    """
+    # pyOpenSSL has no public call for this; its bindings have OpenSSL's own (the old
+    # "curves" name of SSL_CTX_set1_groups_list, which takes every group, hybrids too).
+    from OpenSSL._util import lib as _openssl
+
+    if not _openssl.SSL_CTX_set1_curves_list(context._context, ":".join(groups).encode("ascii")):
+        raise ConfigError(f"OpenSSL does not know all of the key-exchange groups {list(groups)}", option_path)
 
 
 def host_certificates(config: Config) -> dict[str, tuple[Path, Path]]:
@@ -351,8 +371,9 @@ def server_context_for(config: Config, *, alpn: tuple[bytes, ...] = (ALPN_XMPP_C
         ConfigError: a certificate or key file is missing, unreadable or mismatched.
     """
     cert, key = ensure_certificate(config)
-    default = server_context_factory(cert, key, alpn=alpn)
-    by_name = {domain: server_context_factory(c, k, alpn=alpn, option_path=("hosts", domain))
+    groups = config.tls.groups
+    default = server_context_factory(cert, key, alpn=alpn, groups=groups)
+    by_name = {domain: server_context_factory(c, k, alpn=alpn, option_path=("hosts", domain), groups=groups)
                for domain, (c, k) in host_certificates(config).items()}
     return with_sni(default, by_name)
 
@@ -365,8 +386,10 @@ def prepare_retarget(config: Config, *, alpn: tuple[bytes, ...] = (ALPN_XMPP_CLI
         ConfigError: as ``server_context_for``.
     """
     cert, key = ensure_certificate(config)
-    fallback = server_context_factory(cert, key, alpn=alpn).getContext()
-    by_name = {_name_key(domain): server_context_factory(c, k, alpn=alpn, option_path=("hosts", domain)).getContext()
+    groups = config.tls.groups
+    fallback = server_context_factory(cert, key, alpn=alpn, groups=groups).getContext()
+    by_name = {_name_key(domain): server_context_factory(c, k, alpn=alpn, option_path=("hosts", domain),
+                                                          groups=groups).getContext()
                for domain, (c, k) in host_certificates(config).items()}
     return fallback, by_name
 

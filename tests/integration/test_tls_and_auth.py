@@ -410,3 +410,34 @@ async def test_second_hosted_domain_serves_its_own_accounts(clients: ClientPool)
     clients.clients.append(impostor)
     with pytest.raises(LoginFailed):
         await impostor.login(server.c2s_port)
+
+
+# -- key exchange ---------------------------------------------------------------------------
+
+def _login_key_exchange(server: RunningServer, password: str) -> str:
+    """Log alice in over STARTTLS with the raw client; the key-exchange group TLS agreed on."""
+    client = raw(server)
+    try:
+        client.login("alice", password)
+        assert client.tls is not None
+        return client.tls.get_group_name()
+    finally:
+        client.close()
+
+
+@asyncio_test
+async def test_starttls_prefers_the_post_quantum_hybrid_key_exchange_by_default(
+        xmpp_server: RunningServer, accounts: dict[str, str]) -> None:
+    """With [tls] groups unset, a client offering X25519MLKEM768 gets it (OpenSSL's default)."""
+    group = await asyncio.to_thread(_login_key_exchange, xmpp_server, accounts["alice"])
+    assert group == "X25519MLKEM768"
+
+
+@pytest.mark.parametrize("server_overrides", [{"tls": {"groups": ["P-256"]}}])
+@asyncio_test
+async def test_configured_key_exchange_groups_limit_what_starttls_agrees_on(
+        xmpp_server: RunningServer, accounts: dict[str, str]) -> None:
+    """[tls] groups = ["P-256"]: the same client (offering the hybrid and X25519 first) ends
+    up on P-256 and still logs in."""
+    group = await asyncio.to_thread(_login_key_exchange, xmpp_server, accounts["alice"])
+    assert group in ("prime256v1", "secp256r1", "P-256")

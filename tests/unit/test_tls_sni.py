@@ -86,3 +86,20 @@ def test_missing_or_mismatched_host_files_name_the_host_option(tmp_path):
     with pytest.raises(ConfigError, match=r"hosts\.b\.example\.private_key: the private key .* does not match"):
         tls.server_context_for(_config(tmp_path, {"b.example": {"certificate": cert, "private_key": other_key}}))
     x509.load_pem_x509_certificate((tmp_path / cert).read_bytes())
+
+
+def test_unknown_key_exchange_group_is_a_config_error_naming_the_option(tmp_path):
+    config = config_from_dict({"server": {"domains": ["a.example"], "data_dir": str(tmp_path / "data")},
+                               "tls": {"groups": ["X25519", "no-such-group"]}},
+                              source=str(tmp_path / "tigasepy.toml"))
+    with pytest.raises(ConfigError) as error:
+        tls.server_context_for(config)
+    assert "groups" in str(error.value) and "no-such-group" in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["", "X25519:P-256", "P 256"])
+def test_malformed_key_exchange_group_name_is_refused_when_the_config_is_read(tmp_path, name):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({"server": {"domains": ["a.example"]}, "tls": {"groups": [name]}},
+                         source=str(tmp_path / "tigasepy.toml"))
+    assert "groups" in str(error.value)
