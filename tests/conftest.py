@@ -21,6 +21,8 @@ from typing import Any, NoReturn
 import pytest
 from twisted.logger import globalLogPublisher
 
+from tigasepy.log_level import log_level, set_log_level
+
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
 
 
@@ -60,11 +62,18 @@ def missing_service() -> Callable[[str], NoReturn]:
 
 @pytest.fixture
 def log_events() -> Iterator[list[dict[str, Any]]]:
-    """A list that receives every twisted.logger event emitted while the test runs."""
+    """A list that receives every twisted.logger event emitted while the test runs.
+
+    tigasepy's debug events included: the level is ``debug`` while the test runs (a server
+    the test starts sets its own ``[server] log_level``, ``debug`` in ``support.server``).
+    """
     events: list[dict[str, Any]] = []
     observer = events.append
+    level = log_level()
+    set_log_level("debug")
     globalLogPublisher.addObserver(observer)
     try:
         yield events
     finally:
         globalLogPublisher.removeObserver(observer)
+        set_log_level(level)

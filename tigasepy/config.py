@@ -54,8 +54,14 @@ class ServerConfig:
     data_dir: str = "data"
     admins: tuple[str, ...] = ()
     roles: tuple[str, ...] = ROLES
+    log_level: str = "info"
 
     def validate(self, path: tuple[str, ...]) -> None:
+        from tigasepy.log_level import LEVELS
+
+        if self.log_level not in LEVELS:
+            raise ConfigError(f"unknown log level {self.log_level!r} (known: {', '.join(LEVELS)})",
+                              path + ("log_level",))
         if not self.domains:
             raise ConfigError("at least one domain is required", path + ("domains",))
         for domain in self.domains:
@@ -844,6 +850,9 @@ data_dir = "data"
 # (docs/deployment.md) has a session manager (roles = ["sm", "s2s"], [link] connect)
 # and connection managers for the DMZ (roles = ["c2s"], [link] listen).
 # roles = ["c2s", "s2s", "sm"]
+# What the log shows: "debug" (every login, every database interaction), "info",
+# "warn", "error" or "critical". A reload applies it.
+# log_level = "info"
 
 # [link]                            # split deployments only, see docs/configuration.md
 # listen = "10.0.1.5:5350"          # a connection manager: where the session manager connects

@@ -16,7 +16,8 @@ differences, leaving every session the change does not concern alone:
   (XEP-0114) components through the accept listener's own ``reconfigure``.
 - ``[link]``: connection managers added to or removed from ``connect``; timeouts,
   grace period and limits.
-- ``[server] admins`` and anything extensions read from the config at use.
+- ``[server] admins``, ``[server] log_level`` and anything extensions read from the
+  config at use.
 
 - ``[server] domains`` and ``[hosts."DOMAIN"]``: virtual hosts added or removed, host
   certificates, extensions served per host (``tigasepy/vhosts.py``); other hosts'
@@ -34,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from twisted.logger import Logger
 
 from tigasepy.config import Config, ConfigError
+from tigasepy.log_level import Logger, set_log_level
 
 if TYPE_CHECKING:
     from tigasepy.service import TigaseService
@@ -139,6 +140,9 @@ def apply_reload(server: "TigaseService", new: Config) -> ReloadReport:
         server.link.push_features()
     if old.server.admins != kept.server.admins:
         report.changes.append("[server] admins")
+    if old.server.log_level != kept.server.log_level:
+        set_log_level(kept.server.log_level)
+        report.changes.append(f"[server] log_level = {kept.server.log_level}")
     for line in report.restart:
         _log.warn("configuration reload: {what} changed; restart to apply it", what=line)
     _log.info("configuration reloaded: {summary}", summary=report.summary())

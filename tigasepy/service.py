@@ -19,7 +19,6 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
-from twisted.logger import Logger
 
 from tigasepy.auth.factory import build_authentication
 from tigasepy.c2s.factory import ClientStreamFactory
@@ -29,6 +28,7 @@ from tigasepy.components.connector import build_connector
 from tigasepy.components.external import ComponentAcceptFactory
 from tigasepy.config import Config, ConfigError, parse_address
 from tigasepy.extensions import extensions_for
+from tigasepy.log_level import Logger, set_log_level
 from tigasepy.router.link import LinkSettings, link_tls_options, load_link_secret, tls_binding
 from tigasepy.router.link_cm import LinkedClientStreamFactory, LinkListenerFactory, RemoteSessionManager
 from tigasepy.router.link_sm import SessionManagerLinks
@@ -263,6 +263,7 @@ class TigaseService(service.MultiService):
         raise KeyError(name)
 
     def startService(self) -> None:
+        set_log_level(self.config.server.log_level)
         c2s = self.config.c2s
         if c2s.allow_plain_without_tls:
             self._log.warn("SECURITY: PLAIN is offered on unencrypted streams (c2s.allow_plain_without_tls)")

@@ -13,10 +13,10 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from twisted.logger import Logger
 from twisted.python import usage
 
 from tigasepy.config import Config, ConfigError, default_config_text, default_domain, load_config
+from tigasepy.log_level import Logger
 
 if TYPE_CHECKING:
     from twisted.application.service import IService

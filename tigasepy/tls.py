@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from twisted.internet.ssl import CertificateOptions, TLSVersion
-from twisted.logger import Logger
 
 from tigasepy.config import ConfigError
 from tigasepy.interfaces import ChannelBinding
+from tigasepy.log_level import Logger
 
 if TYPE_CHECKING:
     from tigasepy.config import Config

@@ -20,9 +20,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.logger import Logger
 
 from tigasepy.config import AuthConfig, Config, ConfigError
+from tigasepy.log_level import Logger
 
 if TYPE_CHECKING:
     from tigasepy.reload import ReloadReport

@@ -155,3 +155,26 @@ async def test_the_admin_reload_command_applies_the_file(xmpp_server: RunningSer
     notes = [n.text for n in done.xml.iter(f"{{{COMMANDS}}}note")]
     assert "Applied: extension version disabled" in notes
     assert VERSION not in await features(alice)
+
+
+def _logins_logged(events: list[dict]) -> int:
+    return sum(1 for e in events if e.get("log_format", "").startswith("{user}@{domain} authenticated with"))
+
+
+@pytest.mark.parametrize("server_overrides", [{"server": {"log_level": "info"}}])
+@asyncio_test
+async def test_log_level_hides_debug_events_and_a_reload_changes_it(
+        log_events: list[dict], xmpp_server: RunningServer, clients: ClientPool) -> None:
+    """At log_level = "info" a login leaves no debug event (none reaches any observer); after
+    a reload to "debug" the next login is logged, without a restart. (``log_events`` comes
+    first: the server, started after it, sets the level.)"""
+    await clients.login("alice", resource="quiet")
+    assert _logins_logged(log_events) == 0
+    assert not [e for e in log_events if e.get("log_namespace", "").startswith("tigasepy")
+                and e.get("log_level").name == "debug"]
+    config = xmpp_server.service.config
+    report = xmpp_server.service.reload(dataclasses.replace(
+        config, server=dataclasses.replace(config.server, log_level="debug")))
+    assert report.ok and "[server] log_level = debug" in report.changes
+    await clients.login("bob", resource="loud")
+    assert _logins_logged(log_events) == 1

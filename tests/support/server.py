@@ -65,7 +65,7 @@ def integration_config(data_dir: Path, overrides: Mapping[str, Any] | None = Non
             ``{"c2s": {"stanza_size_limit_bytes": 10000}}``.
     """
     raw: dict[str, Any] = {
-        "server": {"domains": [DOMAIN], "data_dir": str(data_dir)},
+        "server": {"domains": [DOMAIN], "data_dir": str(data_dir), "log_level": "debug"},
         "c2s": {"interface": LOOPBACK, "port": free_port(), "direct_tls_port": free_port()},
         # No s2s listener, and no DNS: a remote domain without a static route bounces at once.
         "s2s": {"interface": LOOPBACK, "port": 0, "direct_tls_port": 0, "use_dns": False},

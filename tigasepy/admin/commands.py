@@ -19,10 +19,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from tigasepy.auth.accounts import AccountManager, prepare_account_jid
+from tigasepy.log_level import Logger
 from tigasepy.sm.events import AccountEvent, AccountRemoved
 from tigasepy.storage.engines import DatabaseEngine
 from tigasepy.storage.interfaces import NoSuchAccount

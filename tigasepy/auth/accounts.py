@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any, Collection, Sequence
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from tigasepy.auth.plain import RunBlocking, run_inline
 from tigasepy.auth.scram import HASHES, make_credential, saslprep
+from tigasepy.log_level import Logger
 from tigasepy.storage.interfaces import IAccountStore, NoSuchAccount, ScramCredential
 from tigasepy.xmpp.jid import InvalidFormat, parse_jid
 

@@ -18,7 +18,6 @@ import secrets
 from typing import Any, Callable
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from tigasepy.interfaces import (
@@ -28,6 +27,7 @@ from tigasepy.interfaces import (
     SaslFailure,
     SaslSuccess,
 )
+from tigasepy.log_level import Logger
 
 #: RFC 4505 2: the trace is at most 255 characters (UTF-8, so at most 1020 octets).
 MAX_TRACE_OCTETS = 1020

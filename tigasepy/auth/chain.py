@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from tigasepy.interfaces import (
@@ -28,6 +27,7 @@ from tigasepy.interfaces import (
     SaslFailure,
     SaslSuccess,
 )
+from tigasepy.log_level import Logger
 
 #: Preference of the mechanisms tigasepy knows, best first; unknown ones go before PLAIN.
 _RANK = {name: rank for rank, name in enumerate((

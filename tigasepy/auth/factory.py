@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from tigasepy.auth.anonymous import AnonymousAccounts, AnonymousAuthenticator
 from tigasepy.auth.chain import AuthenticatorChain
@@ -22,6 +21,7 @@ from tigasepy.auth.plain import in_thread_pool
 from tigasepy.auth.server_secret import load_or_create_secret
 from tigasepy.auth.service import AuthenticationService
 from tigasepy.config import Config, ConfigError
+from tigasepy.log_level import Logger
 from tigasepy.storage.interfaces import IAccountStore
 
 _log = Logger()

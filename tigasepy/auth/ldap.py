@@ -37,12 +37,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tigasepy.auth.plain import PasswordPlainExchange, RunBlocking
 from tigasepy.interfaces import IAuthenticator, ISaslExchange, SaslContext, SaslFailure
+from tigasepy.log_level import Logger
 from tigasepy.storage.interfaces import AccountExists, IAccountStore
 from tigasepy.storage.outage import log_failure
 

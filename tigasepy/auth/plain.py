@@ -15,7 +15,6 @@ import hmac
 from typing import Any, Callable, Sequence, TypeVar
 
 from twisted.internet import defer, threads
-from twisted.logger import Logger
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 from zope.interface import implementer
 
@@ -27,6 +26,7 @@ from tigasepy.auth.scram import (
     stored_key,
 )
 from tigasepy.interfaces import ISaslExchange, SaslChallenge, SaslContext, SaslFailure, SaslSuccess
+from tigasepy.log_level import Logger
 from tigasepy.storage.interfaces import ScramCredential
 from tigasepy.storage.outage import log_failure
 

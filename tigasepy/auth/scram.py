@@ -27,11 +27,11 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 from zope.interface import implementer
 
 from tigasepy.interfaces import SaslChallenge, SaslContext, SaslFailure, SaslSuccess, ISaslExchange
+from tigasepy.log_level import Logger
 from tigasepy.storage.interfaces import ScramCredential
 from tigasepy.xmpp.jid import InvalidFormat, parse_jid
 from tigasepy.storage.outage import log_failure

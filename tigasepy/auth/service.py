@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from tigasepy.interfaces import (
@@ -18,6 +17,7 @@ from tigasepy.interfaces import (
     SaslContext,
     SaslFailure,
 )
+from tigasepy.log_level import Logger
 
 #: Mechanisms that reveal the password to anyone reading the stream.
 CLEARTEXT_MECHANISMS = frozenset({"PLAIN"})

@@ -16,7 +16,6 @@ import secrets
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import defer, protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 from twisted.words.xish import domish
@@ -27,6 +26,7 @@ from tigasepy.c2s.stream_management import SM, AckState, DetachedSession, add_de
 from tigasepy.interfaces import (
     IClientSession, SaslChallenge, SaslContext, SaslFailure, SaslSuccess,
 )
+from tigasepy.log_level import Logger
 from tigasepy.stream.parser import StreamParseError, StreamParser, parse_stanza
 from tigasepy.xmpp import namespaces as ns
 from tigasepy.xmpp.errors import StanzaError, stream_error

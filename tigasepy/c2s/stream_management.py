@@ -30,7 +30,6 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 from zope.interface import implementer
@@ -38,6 +37,7 @@ from zope.interface import implementer
 from tigasepy.c2s.csi import holdable
 from tigasepy.config import StreamManagementConfig
 from tigasepy.interfaces import IClientSession, ISessionManager, Protocol
+from tigasepy.log_level import Logger
 from tigasepy.stream.parser import parse_stanza
 from tigasepy.xmpp import namespaces as ns
 from tigasepy.xmpp.errors import StanzaError

@@ -27,13 +27,13 @@ from typing import Any, Callable
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 from zope.interface import implementer
 
 from tigasepy.components.external import handshake_digest
 from tigasepy.interfaces import IComponent, IRouter
+from tigasepy.log_level import Logger
 from tigasepy.stream.parser import StreamParseError, StreamParser
 from tigasepy.xmpp import namespaces as ns
 from tigasepy.xmpp.errors import stream_error

@@ -27,13 +27,13 @@ import secrets
 from typing import Any, Iterable
 
 from twisted.internet import protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 from zope.interface import implementer
 
 from tigasepy.components import ComponentListenerConfig, ExternalComponentConfig
 from tigasepy.interfaces import IComponent, IRouter
+from tigasepy.log_level import Logger
 from tigasepy.sm.dispatch import error_reply_for
 from tigasepy.stream.parser import StreamParseError, StreamParser
 from tigasepy.xmpp import namespaces as ns

@@ -31,13 +31,13 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Protocol as TypingProtocol
 
-from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 from zope.interface import implementer
 
 from tigasepy.config import ConfigError
 from tigasepy.interfaces import IExtension, Protocol
+from tigasepy.log_level import Logger
 from tigasepy.sm.dispatch import as_deferred
 from tigasepy.sm.events import StanzaEvent, Target
 from tigasepy.sm.host import ExtensionHost

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 from zope.interface import implementer
 
 from tigasepy.extensions.subscription import subscribed_from
 from tigasepy.interfaces import IExtension, Protocol
+from tigasepy.log_level import Logger
 from tigasepy.sm.events import (
     HANDLED, PASS, AccountEvent, AccountRemoved, PresenceFromClient, SessionEnded, SessionEvent,
     StanzaEvent, Target,

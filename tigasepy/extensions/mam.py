@@ -51,7 +51,6 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from twisted.internet import defer, task
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 from zope.interface import implementer
@@ -60,6 +59,7 @@ from tigasepy.compat import data_form
 from tigasepy.config import ConfigError
 from tigasepy.extensions.offline import delay_stamp
 from tigasepy.interfaces import IExtension, Protocol
+from tigasepy.log_level import Logger
 from tigasepy.sm.dispatch import as_deferred
 from tigasepy.sm.events import (
     HANDLED, PASS, AccountEvent, AccountRemoved, DeliveryEvent, MessageDelivered, MessageFromClient,

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
 from tigasepy.config import ConfigError
 from tigasepy.interfaces import IExtension, Protocol
+from tigasepy.log_level import Logger
 from tigasepy.sm.events import (
     HANDLED, PASS, AccountEvent, AccountRemoved, DeliveryEvent, InitialPresence, MessageDelivered,
     SessionEvent, StanzaEvent, Target, Undeliverable,

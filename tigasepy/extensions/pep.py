@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 from zope.interface import implementer
@@ -51,6 +50,7 @@ from tigasepy.extensions.private import PrivateStored
 from tigasepy.extensions.subscription import subscribed_from
 from tigasepy.extensions.vcard import VCARD, AvatarData, AvatarPhoto, VCardStored
 from tigasepy.interfaces import IExtension, Protocol
+from tigasepy.log_level import Logger
 from tigasepy.sm.events import (
     PASS, AccountEvent, AccountRemoved, InitialPresence, PresenceToLocal, SessionEnded, SessionEvent, StanzaEvent,
     Target,

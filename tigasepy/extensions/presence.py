@@ -33,7 +33,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 from zope.interface import implementer
@@ -44,6 +43,7 @@ from tigasepy.extensions.subscription import (
     versioned_push,
 )
 from tigasepy.interfaces import IExtension, Protocol
+from tigasepy.log_level import Logger
 from tigasepy.sm.events import (
     HANDLED, PASS, InitialPresence, PresenceFromClient, PresenceToLocal, SessionEnded, SessionEvent,
     StanzaEvent, Target,

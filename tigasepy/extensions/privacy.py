@@ -51,7 +51,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 from twisted.words.xish import domish
 from zope.interface import implementer
@@ -64,6 +63,7 @@ from tigasepy.extensions.privacy_rules import (
 )
 from tigasepy.extensions.subscription import presence, subscribed_from, subscribed_to
 from tigasepy.interfaces import IExtension, Protocol
+from tigasepy.log_level import Logger
 from tigasepy.sm.events import (
     HANDLED, PASS, AccountEvent, AccountRemoved, InboundFilter, OutboundFilter, SessionBound, SessionEvent,
     StanzaEvent, Target,

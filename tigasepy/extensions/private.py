@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
 from tigasepy.config import ConfigError
 from tigasepy.interfaces import IExtension, Protocol
+from tigasepy.log_level import Logger
 from tigasepy.sm.events import AccountEvent, AccountRemoved, HookPoint, StanzaEvent, Target
 from tigasepy.sm.host import ExtensionHost
 from tigasepy.storage.interfaces import IPrivateStore

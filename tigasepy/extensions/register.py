@@ -19,7 +19,6 @@ import collections
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
@@ -28,6 +27,7 @@ from tigasepy.admin.commands import ServerAdmin
 from tigasepy.auth.plain import in_thread_pool, run_inline
 from tigasepy.config import ConfigError
 from tigasepy.interfaces import IExtension, Protocol
+from tigasepy.log_level import Logger
 from tigasepy.sm.events import HANDLED, StanzaEvent, Target
 from tigasepy.sm.host import ExtensionHost
 from tigasepy.storage.interfaces import AccountExists, IAccountStore, NoSuchAccount

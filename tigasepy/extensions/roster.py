@@ -24,7 +24,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import InvalidFormat
 from twisted.words.xish import domish
 from zope.interface import implementer
@@ -34,6 +33,7 @@ from tigasepy.extensions.subscription import (
     item_element, presence, removal_notices, removed_element, subscribed_from, versioned_push,
 )
 from tigasepy.interfaces import IExtension, Protocol
+from tigasepy.log_level import Logger
 from tigasepy.sm.events import AccountEvent, AccountRemoved, StanzaEvent, Target
 from tigasepy.sm.host import ExtensionHost
 from tigasepy.storage.interfaces import IRosterStore, RosterItem

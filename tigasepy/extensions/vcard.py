@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
 from tigasepy.config import ConfigError
 from tigasepy.interfaces import IExtension, Protocol
+from tigasepy.log_level import Logger
 from tigasepy.sm.events import (
     PASS, AccountEvent, AccountRemoved, HookPoint, PresenceFromClient, SessionEnded, SessionEvent, StanzaEvent,
     Target,

@@ -30,13 +30,13 @@ import collections
 import secrets
 from typing import Any, Callable
 
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.words.xish import domish
 
 from tigasepy.config import HttpConfig
 from tigasepy.http.framing import FramedClientStream, MessageSink, attach, detach
+from tigasepy.log_level import Logger
 from tigasepy.stream.parser import StreamParseError, StreamParser
 from tigasepy.xmpp.serialize import to_xml
 

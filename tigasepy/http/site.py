@@ -22,12 +22,12 @@ from typing import Any, Callable
 from xml.sax.saxutils import quoteattr
 
 from twisted.internet import endpoints
-from twisted.logger import Logger
 from twisted.web import pages, resource, server
 
 from tigasepy.c2s.factory import ClientStreamFactory
 from tigasepy.config import Config
 from tigasepy.http.framing import FramedClientStream
+from tigasepy.log_level import Logger
 
 _log = Logger()
 

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote, unquote
 
-from twisted.logger import Logger
 from twisted.web import resource
 from twisted.protocols.basic import FileSender
 from twisted.web.server import NOT_DONE_YET
@@ -38,6 +37,7 @@ from twisted.words.xish import domish
 from tigasepy.components.base import Component
 from tigasepy.config import Config
 from tigasepy.interfaces import Protocol
+from tigasepy.log_level import Logger
 from tigasepy.xmpp import namespaces as ns
 from tigasepy.xmpp.errors import StanzaError
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from tigasepy.http.framing import FRAMING, FramedClientStream, MessageSink, attach, detach
+from tigasepy.log_level import Logger
 
 try:   # Twisted >= 25.5 with its "websocket" extra (wsproto)
     from twisted.web import _websocket_impl as _ws

@@ -21,11 +21,11 @@ from typing import Any, Callable
 from xml.sax.saxutils import escape, quoteattr
 
 from twisted.internet import defer, protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tigasepy.loadtest.sasl import SaltedPasswordCache, SaslError, ScramExchange, choose_mechanism, plain_initial
 from tigasepy.loadtest.xmlstream import CLIENT, STREAMS, Node, StreamClosed, StreamReader
+from tigasepy.log_level import Logger
 
 NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"

@@ -53,13 +53,13 @@ from typing import Any, Callable, Iterable
 
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
 from tigasepy.c2s.csi import holdable
 from tigasepy.config import ConfigError, LinkConfig
+from tigasepy.log_level import Logger
 from tigasepy.stream.parser import StreamParseError, StreamParser
 from tigasepy.xmpp.serialize import to_xml
 

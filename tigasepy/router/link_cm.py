@@ -39,7 +39,6 @@ from typing import Any
 
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
@@ -51,6 +50,7 @@ from tigasepy.interfaces import (
     IAuthenticationService, IClientSession, ISaslExchange, ISessionManager, SaslChallenge, SaslContext,
     SaslFailure, SaslSuccess,
 )
+from tigasepy.log_level import Logger
 from tigasepy.router.link import (
     LinkProtocol, LinkSession, LinkSettings, b64, frames_with_stanzas, needs_settling, unb64,
 )

@@ -32,7 +32,6 @@ from typing import Any, Callable
 from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.jid import InvalidFormat
 from twisted.words.xish import domish
@@ -44,6 +43,7 @@ from tigasepy.interfaces import (
     ChannelBinding, IAuthenticationService, IClientSession, SaslChallenge, SaslContext, SaslFailure,
     SaslSuccess,
 )
+from tigasepy.log_level import Logger
 from tigasepy.router.link import LinkProtocol, LinkSession, LinkSettings, b64, needs_settling, unb64
 from tigasepy.router.link_cm import mechanism_key
 from tigasepy.xmpp.errors import StanzaError

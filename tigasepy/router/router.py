@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
 from tigasepy.interfaces import IComponent, IRouter
+from tigasepy.log_level import Logger
 from tigasepy.xmpp.errors import StanzaError
 from tigasepy.xmpp.jid import domain_of
 

@@ -26,10 +26,10 @@ from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import extract_patterns
 from service_identity.hazmat import DNS_ID, SRV_ID, verify_service_identity
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from tigasepy import tls as server_tls
+from tigasepy.log_level import Logger
 
 ALPN_XMPP_SERVER = b"xmpp-server"
 """The ALPN protocol id for server-to-server XMPP (XEP-0368 section 3)."""

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
+from tigasepy.log_level import Logger
 from tigasepy.s2s import dialback
 from tigasepy.s2s.dialback import NS_DIALBACK
 from tigasepy.s2s.resolver import Target

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.names import dns, error as dns_error
+
+from tigasepy.log_level import Logger
 
 DEFAULT_PORT = 5269
 

@@ -25,12 +25,12 @@ from typing import Any, Callable
 from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
 from tigasepy.config import S2SConfig
 from tigasepy.interfaces import IComponent, IRouter
+from tigasepy.log_level import Logger
 from tigasepy.s2s import dialback
 from tigasepy.s2s.certificates import S2STLS
 from tigasepy.s2s.outgoing import OutgoingRoute, Verification, _State

@@ -14,10 +14,10 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
+from tigasepy.log_level import Logger
 from tigasepy.s2s.dialback import NS_DIALBACK
 from tigasepy.stream.parser import StreamParseError, StreamParser
 from tigasepy.xmpp import namespaces as ns

@@ -12,10 +12,10 @@ import inspect
 from typing import Any, Callable, Iterable
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
+from tigasepy.log_level import Logger
 from tigasepy.sm.events import HANDLED, HookPoint, Outcome, StanzaEvent, Target
 from tigasepy.xmpp.errors import StanzaError
 from tigasepy.storage.outage import log_failure

@@ -22,12 +22,12 @@ from typing import Any, Iterable
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 from twisted.words.xish import domish
 from zope.interface import implementer
 
 from tigasepy.interfaces import IClientSession, IRouter, ISessionManager
+from tigasepy.log_level import Logger
 from tigasepy.sm import events
 from tigasepy.sm.disco import DiscoRegistry
 from tigasepy.sm.dispatch import HookTable, IqTable, as_deferred, error_reply_for

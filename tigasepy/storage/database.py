@@ -26,9 +26,9 @@ from typing import Any, Callable, TypeVar
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer, threads
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tigasepy.log_level import Logger
 from tigasepy.storage.engines import DatabaseEngine
 from tigasepy.storage.interfaces import StorageUnavailable
 

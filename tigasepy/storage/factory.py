@@ -11,10 +11,10 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from zope.interface.interface import InterfaceClass
 
 from tigasepy.config import Config, ConfigError
+from tigasepy.log_level import Logger
 from tigasepy.storage.database import Database
 from tigasepy.storage.engines import DatabaseEngine, PostgresEngine, SqliteEngine
 from tigasepy.storage.interfaces import (

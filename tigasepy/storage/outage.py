@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tigasepy.log_level import Logger
 from tigasepy.storage.interfaces import StorageUnavailable
 
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from tigasepy.components.base import Component
 from tigasepy.components.muc.room import (NS_MUC, NS_MUC_ADMIN, NS_MUC_OWNER, NS_MUC_USER, NS_ROOMCONFIG,
                                           NS_ROOMINFO, Limits, Room, RoomConfig, _child)
+from tigasepy.log_level import Logger
 from tigasepy.storage.muc import IMucRoomStore, MemoryMucRoomStore, StoredRoom
 from tigasepy.compat import data_form
 from tigasepy.sm.dispatch import error_reply_for
