@@ -56,6 +56,7 @@ class ClientStream(protocol.Protocol):
     """One client connection; also the session handle the SM holds once bound."""
 
     _log = Logger()
+    _binding: Any = None      # TLS channel-binding data, once worked out
 
     def __init__(self, factory: "ClientStreamFactory", direct_tls: bool = False) -> None:
         self.factory = factory
@@ -621,9 +622,14 @@ class ClientStream(protocol.Protocol):
             self.parser.reset()
 
     def _channel_binding(self) -> Any:
+        # Asked for up to three times per login (mechanisms, advertisement, exchange):
+        # worked out once, when the TLS handshake has finished.
         if not self.secure:
             return None
-        return self.factory.channel_binding(self.transport)
+        binding = self._binding
+        if binding is None:
+            binding = self._binding = self.factory.channel_binding(self.transport)
+        return binding
 
     def _sasl_context(self, with_binding: bool) -> SaslContext:
         return SaslContext(domain=self.domain, secure=self.secure,
