@@ -46,7 +46,9 @@ def write_secret(data: Path, secret: str) -> None:
         f.write(secret + "\n")
 
 
-def config_text(data: Path, roles: list[str], link: str, c2s_port: int) -> str:
+def config_text(data: Path, roles: list[str], link: str, c2s_port: int, tls: bool = False) -> str:
+    """A process's config: plaintext + PLAIN clients unless ``tls`` (STARTTLS required)."""
+    clients = "" if tls else "tls_required = false\nallow_plain_without_tls = true\n"
     return f"""[server]
 domains = ["localhost"]
 data_dir = "{data}"
@@ -56,9 +58,7 @@ roles = {json.dumps(roles)}
 interface = "127.0.0.1"
 port = {c2s_port}
 direct_tls_port = 0
-tls_required = false
-allow_plain_without_tls = true
-max_unauthenticated = 100000
+{clients}max_unauthenticated = 100000
 idle_timeout_s = 3600
 auth_timeout_s = 300
 
