@@ -149,6 +149,21 @@ def test_soak_counts_a_dropped_message_as_lost(server: Server) -> Any:
 
 
 @pytest_twisted.inlineCallbacks
+def test_soak_with_echo_measures_round_trips_of_every_message(server: Server) -> Any:
+    """--echo: every delivered message comes back to its sender, and the latency figures are
+    those round trips (each longer than the one-way trip it contains)."""
+    report = yield run_in_reactor(server.service.reactor, _spec(
+        server, "soak", 4, rate=100.0, duration_s=1.0, grace_s=2.0, echo=True))
+    f = report["figures"]
+    assert f["sent"] == f["delivered"] == f["echoes"] > 0
+    assert (f["lost"], f["duplicates"], f["echoes_lost"]) == (0, 0, 0)
+    assert report["latency_ms"]["count"] == f["echoes"]
+    assert f["p99_ms"] >= f["p50_ms"] > 0
+    assert report["params"]["echo"] is True
+    assert cli.verdict(report) == 0
+
+
+@pytest_twisted.inlineCallbacks
 def test_idle_reports_server_memory_per_connection(server: Server) -> Any:
     """Held sessions stay connected and RSS per connection is computed from /proc."""
     report = yield run_in_reactor(server.service.reactor, _spec(

@@ -98,6 +98,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--window", type=int, default=10, help="messages in flight per client (default 10)")
         else:
             p.add_argument("--rate", type=float, default=500.0, help="messages/s in total (default 500)")
+            p.add_argument("--echo", action="store_true",
+                           help="receivers send every message back; the latency is then the round trip "
+                                "(the server carries twice the rate)")
 
     p = sub.add_parser("presence", help="presence fan-out over rosters of mutual contacts")
     _common(p)
@@ -216,7 +219,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         if scenario == "chat":
             kwargs.update(window=args.window)
         else:
-            kwargs.update(rate=args.rate)
+            kwargs.update(rate=args.rate, echo=args.echo)
     elif scenario == "presence":
         kwargs.update(duration_s=args.duration, presence_interval_s=args.interval, grace_s=args.grace)
     return RunSpec(**kwargs)
@@ -269,7 +272,7 @@ def verdict(report: dict[str, Any]) -> int:
     missing = report["extra"].get("missing_sent", 0)
     counters = report["counters"]
     unexpected_errors = counters.get("errors", 0) - min(counters.get("errors.stanza", 0), missing)
-    if f.get("lost", 0) != missing or f.get("duplicates", 0) or unexpected_errors > 0:
+    if f.get("lost", 0) != missing or f.get("duplicates", 0) or f.get("echoes_lost", 0) or unexpected_errors > 0:
         return 1
     if report["scenario"] == "login" and f.get("logins", 0) == 0:
         return 1

@@ -37,7 +37,8 @@ def summary_line(report: dict[str, Any]) -> str:
     elif scenario == "soak":
         head = (f"soak: {f['rate']:g} msgs/s asked ({f['achieved_send_rate']} sent/s) for {p['duration_s']:g}s: "
                 f"sent {f['sent']}, received {f['delivered']}, lost {f['lost']}, dup {f['duplicates']}, "
-                f"latency p50 {_ms(f['p50_ms'])} p99 {_ms(f['p99_ms'])} max {_ms(f['max_ms'])}, "
+                + (f"echoed {f['echoes']} (lost {f['echoes_lost']}), round trip " if p.get("echo") else "latency ")
+                + f"p50 {_ms(f['p50_ms'])} p99 {_ms(f['p99_ms'])} max {_ms(f['max_ms'])}, "
                 f"RSS drift {f.get('rss_drift_pct')}%")
     elif scenario == "presence":
         head = (f"presence: {p['users']} users x {f['contacts_per_user']} contacts, {f['broadcasts']} broadcasts: "

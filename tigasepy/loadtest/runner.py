@@ -202,7 +202,7 @@ def aggregate(spec: RunSpec, results: list[dict[str, Any]], wall_s: float, worke
                    "tls": spec.settings.tls, "mechanism": spec.settings.mechanism},
         "params": {"users": len(spec.users), "logins": spec.logins or len(spec.users),
                    "concurrency": spec.concurrency, "duration_s": spec.duration_s, "window": spec.window,
-                   "rate": spec.rate, "body_size": spec.body_size, "workers": workers,
+                   "rate": spec.rate, "echo": spec.echo, "body_size": spec.body_size, "workers": workers,
                    "source_addresses": list(spec.source_addresses), "server_pids": list(spec.server_pids)},
         "wall_s": round(wall_s, 3),
         "measured_s": round(measured_s, 3) if measured_s is not None else None,
@@ -273,11 +273,15 @@ def _figures(report: dict[str, Any], spec: RunSpec, latency: Histogram, login_la
                  lost=c.get("lost", 0), duplicates=c.get("duplicates", 0),
                  msgs_per_s=round(delivered / seconds, 1) if seconds and spec.scenario == "chat" else None,
                  p50_ms=s["p50"], p99_ms=s["p99"], max_ms=s["max"],
-                 server_us_per_msg=round(1e6 * server_cpu_s / delivered, 1) if server_cpu_s and delivered else None)
+                 server_us_per_msg=round(1e6 * server_cpu_s / (delivered + c.get("echoes", 0)), 1)
+                 if server_cpu_s and delivered else None)
         if spec.scenario == "soak":
             f["rate"] = spec.rate
             f["achieved_send_rate"] = report["extra"].get("achieved_send_rate")
             f["rss_drift_pct"] = rss_drift(samples, spec)
+            if spec.echo:
+                f["echoes"] = c.get("echoes", 0)
+                f["echoes_lost"] = max(c.get("received", 0) - c.get("echoes", 0), 0)
     elif spec.scenario == "presence":
         s = latency.summary_ms()
         f.update(broadcasts=c.get("broadcasts", 0), expected=c.get("sent", 0), delivered=c.get("delivered", 0),

@@ -73,6 +73,7 @@ class RunSpec:
     sample_server: bool = True
     missing: int = 0                        # soak/chat: messages sent to an account that doesn't exist
     drop_received: int = 0                  # test hook: receivers ignore this many messages
+    echo: bool = False                      # soak: receivers send each message back; latency = round trip
     presence_interval_s: float = 0.1
     worker: int = 0
     index_offset: int = 0                   # global index of this worker's first connection
@@ -508,7 +509,8 @@ class Worker:
         out.measure_end = time.monotonic()
         deadline = time.monotonic() + spec.grace_s
         expected = sum(sent_by.values())
-        while time.monotonic() < deadline and out.counters.get("received", 0) < expected:
+        while time.monotonic() < deadline and (out.counters.get("received", 0) < expected or (
+                spec.echo and out.counters.get("echoes", 0) < out.counters.get("received", 0))):
             await self.sleep(0.05)
         self.measuring = False
         out.count("sent", expected + out.extra.get("missing_sent", 0))
@@ -523,6 +525,7 @@ class Worker:
 
     def _soak_receiver(self, me: LoadClient, seen: dict[str, list[Any]], drop: list[int]) -> Callable[[Node], None]:
         out = self.out
+        echo = self.spec.echo
 
         def handle(node: Node) -> None:
             if node.qname != Q_MESSAGE:
@@ -535,11 +538,20 @@ class Worker:
             mark = node.child(Q_MARK)
             if mark is None:
                 return
+            if mark.attrs.get("k") == "e":          # our own message, back from its receiver
+                out.count("echoes")
+                sent = float(mark.attrs.get("t", now))
+                out.latency.add(now - sent)
+                out.timeline.latency(now, now - sent)
+                return
             if drop[0] > 0:                        # test hook: pretend this one never arrived
                 drop[0] -= 1
                 return
             sender = node.get("from") or ""
             seq = int(mark.attrs.get("s", "0"))
+            if echo:
+                me.send((f"<message to={quoteattr(sender)} type='chat'><body/><x xmlns='{NS_LOADTEST}' "
+                         f"k='e' s='{seq}' t='{mark.attrs.get('t', '')}'/></message>").encode("utf-8"))
             state = seen.get(sender)
             if state is None:
                 state = seen[sender] = [1, set()]
@@ -559,6 +571,8 @@ class Worker:
                 out.count("reordered")
             out.count("received")
             out.timeline.count(now, "delivered")
+            if echo:
+                return                              # the latency is measured on the way back
             sent = float(mark.attrs.get("t", now))
             out.latency.add(now - sent)
             out.timeline.latency(now, now - sent)
