@@ -101,8 +101,10 @@ class StreamParser:
             raise StreamParseError("policy-violation", "stanza too large")
 
     def _fail(self, condition: str, text: str) -> None:
-        if self._error is None:
-            self._error = StreamParseError(condition, text)
+        if self._error is not None:
+            # Replacing the text handler below flushes buffered text into ``_text`` again.
+            raise self._error
+        self._error = StreamParseError(condition, text)
         # Stop expat at once; feed() raises the recorded error.
         self._parser.StartElementHandler = None
         self._parser.EndElementHandler = None
