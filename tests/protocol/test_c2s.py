@@ -327,3 +327,33 @@ def test_endless_stream_header_is_cut_off_at_the_size_limit(sm):
     c2s.output()
     assert c2s.stream_error() == "policy-violation"
     assert c2s.transport.disconnecting
+
+
+def test_a_quiet_bound_stream_parks_its_parser_and_wakes_on_input(c2s):
+    c2s.login()
+    c2s.receive("<presence/>")
+    c2s.output()
+    assert not c2s.stream.parser.parked
+    c2s.clock.advance(0.5)
+    assert not c2s.stream.parser.parked
+    c2s.clock.advance(1)
+    assert c2s.stream.parser.parked
+    c2s.receive("<iq type='get' id='p1' to='example.org'><ping xmlns='urn:xmpp:ping'/></iq>")
+    [reply] = c2s.output()
+    assert reply["type"] == "result" and reply["id"] == "p1"
+    assert not c2s.stream.parser.parked
+    c2s.clock.advance(1.5)
+    assert c2s.stream.parser.parked
+    c2s.receive("<iq type='get' id='p2' to='example.org'><ping xmlns='urn:xmpp:ping'/></iq></stream:stream>")
+    [reply] = c2s.output()
+    assert reply["id"] == "p2"
+    assert c2s.view.ended and c2s.stream_error() is None
+
+
+def test_a_stream_cut_inside_a_stanza_is_not_parked(c2s):
+    c2s.login()
+    c2s.receive("<message to='bob@example.org'><body>half")
+    c2s.clock.advance(5)
+    assert not c2s.stream.parser.parked
+    c2s.receive("</body></message>")
+    assert c2s.stream_error() is None

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 _STANZAS = frozenset({"message", "presence", "iq"})
 _MAX_QUEUED = 64
+# A bound stream quiet for this long parks its XML parser (StreamParser.park): most of
+# an idle stream's Python memory; the next input rebuilds it (some microseconds).
+_PARK_AFTER_S = 1.0
 
 
 class _State:
@@ -123,6 +126,8 @@ class ClientStream(protocol.Protocol):
         if self.state == _State.CLOSED:
             return
         self._last_activity = self.factory.clock.seconds()
+        if self.parser.parked:
+            self._park_soon()
         self._in_feed = True
         try:
             self.parser.feed(data)
@@ -410,6 +415,7 @@ class ClientStream(protocol.Protocol):
             self.transport.write(xml.encode("utf-8"))
         if acks.queue:
             self._request_ack()
+        self._park_soon()
 
     def _hand_over(self) -> None:
         """This half-open stream's session was resumed on another connection: drop this one."""
@@ -448,8 +454,24 @@ class ClientStream(protocol.Protocol):
         idle = clock.seconds() - self._last_activity
         if idle >= self.config.idle_timeout_s:
             self.close("connection-timeout", "No data for too long", keep_session=True)
-        else:
-            self._timer = clock.callLater(self.config.idle_timeout_s - idle, self._check_idle)
+            return
+        delay = self.config.idle_timeout_s - idle
+        if self.state == _State.BOUND and not self.parser.parked:
+            if idle >= _PARK_AFTER_S:
+                self.parser.park()   # refused in the middle of a stanza: it stays
+            else:
+                delay = min(delay, _PARK_AFTER_S - idle)
+        self._timer = clock.callLater(delay, self._check_idle)
+
+    def _park_soon(self) -> None:
+        """Have the idle check run ``_PARK_AFTER_S`` from now, to park the parser then."""
+        timer = self._timer
+        if timer is None or not timer.active():
+            return
+        clock = self.factory.clock
+        if timer.getTime() - clock.seconds() > _PARK_AFTER_S:
+            timer.cancel()
+            self._timer = clock.callLater(_PARK_AFTER_S, self._check_idle)
 
     def _auth_timeout(self) -> None:
         self._auth_timer = None
@@ -786,6 +808,7 @@ class ClientStream(protocol.Protocol):
         bind = domish.Element((ns.BIND, "bind"))
         bind.addElement("jid", content=self._full)
         self.send(iq_result(stanza, bind))
+        self._park_soon()
 
     def reconfigure(self, config: Any) -> None:
         """Apply new ``[c2s]`` limits to this open stream (a configuration reload).
@@ -802,6 +825,8 @@ class ClientStream(protocol.Protocol):
             clock = self.factory.clock
             remaining = config.idle_timeout_s - (clock.seconds() - self._last_activity)
             self._timer = clock.callLater(max(0.0, remaining), self._check_idle)
+            if self.state == _State.BOUND and not self.parser.parked:
+                self._park_soon()
 
     def _peer(self) -> str:
         try:

@@ -12,12 +12,35 @@ serialized into whatever stream it is written to.
 from __future__ import annotations
 
 from typing import Callable
-
 from xml.parsers import expat
+from xml.sax.saxutils import quoteattr
 
 from twisted.words.xish import domish
 
 _XML_NS = "http://www.w3.org/XML/1998/namespace"
+_STREAMS_NS = "http://etherx.jabber.org/streams"
+_HEADER_LIMIT = 16
+
+
+def _replay_header(declarations: tuple[tuple[str | None, str], ...]) -> bytes | None:
+    """A stream header declaring ``declarations`` (prefix, uri), to restart a parked parser.
+
+    The stream element gets the prefix bound to the streams namespace, so that the peer's
+    closing tag still matches; None when there is no single such prefix.
+    """
+    prefixes = [prefix for prefix, uri in declarations if prefix and uri == _STREAMS_NS]
+    if len(prefixes) != 1:
+        return None
+    attrs = "".join(f" xmlns:{prefix}={quoteattr(uri)}" if prefix else f" xmlns={quoteattr(uri)}"
+                    for prefix, uri in declarations)
+    return f"<{prefixes[0]}:stream{attrs}>".encode("utf-8")
+
+
+# What nearly every client declares: its parked parsers share one replay header.
+_COMMON_DECLARATIONS = {
+    frozenset({(None, content), ("stream", _STREAMS_NS)}): _replay_header(((None, content), ("stream", _STREAMS_NS)))
+    for content in ("jabber:client", "jabber:server", "jabber:component:accept")
+}
 
 
 class StreamParseError(Exception):
@@ -50,9 +73,54 @@ class StreamParser:
         self.max_stanza_bytes = max_stanza_bytes
         self.max_depth = max_depth
         self.content_namespace: str | None = None
+        self._replay: bytes | None = None
         self._reset()
 
-    def _reset(self) -> None:
+    @property
+    def parked(self) -> bool:
+        """True while the expat parser is dropped (see ``park``)."""
+        return self._parser is None
+
+    def park(self) -> bool:
+        """Drop the expat parser of an idle stream (its tables are most of an idle stream's
+        memory); the next ``feed`` builds a new one, restarted with the same namespace
+        declarations as the stream header. Only between stanzas, with no input pending.
+
+        Returns True when the parser is parked.
+        """
+        parser = self._parser
+        if parser is None:
+            return True
+        if (not self._started or self._ended or self._depth != 1 or self._stack
+                or self._error is not None or parser.CurrentByteIndex != self._fed):
+            return False
+        if self._replay is None:
+            declarations = tuple(self._declarations or ())
+            replay = _COMMON_DECLARATIONS.get(frozenset(declarations))
+            if replay is None:
+                if len(declarations) > _HEADER_LIMIT:
+                    return False
+                replay = _replay_header(declarations)
+                if replay is None:
+                    return False
+            self._replay = replay
+        self._declarations = None
+        self._parser = None
+        return True
+
+    def _unpark(self) -> None:
+        replay = self._replay
+        assert replay is not None
+        self._new_parser()
+        self._depth = 0
+        self._replaying = True
+        try:
+            self._parser.Parse(replay, False)
+        finally:
+            self._replaying = False
+        self._fed = self._mark = len(replay)
+
+    def _new_parser(self) -> None:
         parser = expat.ParserCreate("UTF-8", " ")
         parser.buffer_text = True
         # expat's default 8 KiB text buffer is most of an idle connection's parser memory.
@@ -68,7 +136,13 @@ class StreamParser:
         parser.EntityDeclHandler = self._restricted
         parser.StartCdataSectionHandler = None
         parser.DefaultHandler = None
-        self._parser = parser
+        self._parser: expat.XMLParserType | None = parser
+
+    def _reset(self) -> None:
+        self._new_parser()
+        self._replay = None
+        self._replaying = False
+        self._declarations: list[tuple[str | None, str]] | None = []
         self._stack: list[domish.Element] = []
         self._depth = 0
         self._stanza_start = 0
@@ -87,6 +161,8 @@ class StreamParser:
         """Parse ``data``; raises ``StreamParseError`` when the peer breaks a rule or a limit."""
         if self._ended:
             return
+        if self._parser is None:
+            self._unpark()
         self._fed += len(data)
         try:
             self._parser.Parse(data, False)
@@ -115,8 +191,11 @@ class StreamParser:
         self._fail("restricted-xml", "DTDs, comments, processing instructions and entities are not allowed")
 
     def _namespace_declared(self, prefix: str | None, uri: str) -> None:
-        if self._depth == 0 and not prefix:
-            self._default_namespace = uri
+        if self._depth == 0:
+            if not prefix:
+                self._default_namespace = uri
+            if self._declarations is not None:
+                self._declarations.append((prefix, uri))
 
     def _split(self, qname: str) -> tuple[str | None, str]:
         uri, _, local = qname.rpartition(" ")
@@ -126,6 +205,8 @@ class StreamParser:
         uri, name = self._split(qname)
         if self._depth == 0:
             self._depth = 1
+            if self._replaying:
+                return
             self._started = True
             self._mark = self._parser.CurrentByteIndex + 1
             header = {}
