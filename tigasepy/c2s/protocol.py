@@ -61,7 +61,17 @@ class ClientStream(protocol.Protocol):
     _log = Logger()
     _binding: Any = None      # TLS channel-binding data, once worked out
 
+    # Slots: one instance per connection (Protocol itself has no __slots__, so a __dict__
+    # still exists for subclasses and tests, but stays unallocated).
+    __slots__ = ("factory", "transport", "connected", "config", "secure", "jid", "domain", "username",
+                 "stream_id", "state", "_header_sent", "_counted_unauthenticated", "_auth_failures",
+                 "_exchange", "_mechanism", "_busy", "_queue", "_in_feed", "_need_reset", "_timer",
+                 "_auth_timer", "_last_activity", "_full", "_bare", "acks", "_awaiting_ack",
+                 "_since_request", "_request_timer", "_ack_timer", "_csi", "parser")
+
     def __init__(self, factory: "ClientStreamFactory", direct_tls: bool = False) -> None:
+        self.transport: Any = None
+        self.connected = 0
         self.factory = factory
         self.config = factory.config
         self.secure = direct_tls
@@ -76,7 +86,8 @@ class ClientStream(protocol.Protocol):
         self._exchange: Any = None
         self._mechanism = ""
         self._busy = False
-        self._queue: collections.deque[domish.Element] = collections.deque()
+        # Stanzas that arrive while a SASL step or bind is under way (created on first use).
+        self._queue: collections.deque[domish.Element] | None = None
         self._in_feed = False
         self._need_reset = False
         self._timer: Any = None
@@ -568,10 +579,13 @@ class ClientStream(protocol.Protocol):
     # -- elements -----------------------------------------------------------------------
     def _element(self, element: domish.Element) -> None:
         if self._busy:
-            if len(self._queue) >= _MAX_QUEUED:
+            queue = self._queue
+            if queue is None:
+                queue = self._queue = collections.deque()
+            if len(queue) >= _MAX_QUEUED:
                 self.close("policy-violation", "Too many stanzas while authenticating")
                 return
-            self._queue.append(element)
+            queue.append(element)
             return
         state = self.state
         if state == _State.BOUND:

@@ -49,7 +49,7 @@ from tigasepy.sm.events import (
     StanzaEvent, Target,
 )
 from tigasepy.sm.host import ExtensionHost
-from tigasepy.sm.session import BoundSession
+from tigasepy.sm.session import NO_DIRECTED, BoundSession
 from tigasepy.storage.interfaces import IRosterStore, RosterItem
 from tigasepy.xmpp import namespaces as ns
 from tigasepy.xmpp.errors import StanzaError
@@ -165,7 +165,7 @@ class Presence:
             directed = set(session.directed)
             session.available = False
             session.presence = None
-            session.directed.clear()
+            session.directed = NO_DIRECTED
             session.data.pop(_INITIAL, None)
             return self._withdraw(session.bare, stanza, was_available, directed, echo=session)
         try:
@@ -213,8 +213,10 @@ class Presence:
                     session.send(StanzaError("resource-constraint", "Too many directed presences")
                                  .to_response(event.stanza))
                     return HANDLED
+                if session.directed is NO_DIRECTED:
+                    session.directed = set()
                 session.directed.add(target)
-            else:
+            elif target in session.directed:
                 session.directed.discard(target)
         self._host.route(event.stanza)
         return HANDLED
@@ -245,7 +247,7 @@ class Presence:
         directed = set(session.directed)
         session.available = False
         session.presence = None
-        session.directed.clear()
+        session.directed = NO_DIRECTED
         session.data.pop(_INITIAL, None)
         return self._withdraw(session.bare, presence("unavailable", session.full, None), was_available,
                               directed)

@@ -9,6 +9,10 @@ from twisted.words.xish import domish
 
 from tigasepy.interfaces import IClientSession
 
+#: ``directed`` of a session that sent no directed presence (most): shared, replaced by a
+#: set on the first one.
+NO_DIRECTED: frozenset[str] = frozenset()
+
 
 class BoundSession:
     """A bound resource: its handle, its presence state and per-extension data.
@@ -16,7 +20,8 @@ class BoundSession:
     ``available`` and ``priority`` follow the last broadcast presence (RFC 6121 4.2);
     ``interested`` is True once the client requested its roster (roster pushes go only
     to interested resources, RFC 6121 2.1.6); ``directed`` holds the JIDs that got
-    directed presence (they get unavailable when the session ends, RFC 6121 4.6.3).
+    directed presence (they get unavailable when the session ends, RFC 6121 4.6.3); it is
+    the shared empty ``NO_DIRECTED`` until the first one (assign a set to change it).
     """
 
     __slots__ = ("handle", "jid", "bare", "resource", "available", "priority", "presence",
@@ -31,7 +36,7 @@ class BoundSession:
         self.priority = 0
         self.presence: domish.Element | None = None
         self.interested = False
-        self.directed: set[str] = set()
+        self.directed: set[str] | frozenset[str] = NO_DIRECTED
         self.data: dict[str, Any] = {}
 
     @property

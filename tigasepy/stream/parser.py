@@ -64,6 +64,12 @@ class StreamParser:
         max_depth: nesting depth allowed inside a stanza.
     """
 
+    # One per open stream.
+    __slots__ = ("_on_start", "_on_element", "_on_end", "max_stanza_bytes", "max_depth",
+                 "content_namespace", "_replay", "_replaying", "_declarations", "_parser", "_stack",
+                 "_depth", "_stanza_start", "_fed", "_mark", "_error", "_started", "_ended",
+                 "_default_namespace")
+
     def __init__(self, on_start: Callable[[dict[str, str]], None],
                  on_element: Callable[[domish.Element], None], on_end: Callable[[], None],
                  max_stanza_bytes: int, max_depth: int = 32) -> None:
