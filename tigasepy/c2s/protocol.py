@@ -59,7 +59,6 @@ class ClientStream(protocol.Protocol):
     """One client connection; also the session handle the SM holds once bound."""
 
     _log = Logger()
-    _binding: Any = None      # TLS channel-binding data, once worked out
 
     # Slots: one instance per connection (Protocol itself has no __slots__, so a __dict__
     # still exists for subclasses and tests, but stays unallocated).
@@ -67,7 +66,7 @@ class ClientStream(protocol.Protocol):
                  "stream_id", "state", "_header_sent", "_counted_unauthenticated", "_auth_failures",
                  "_exchange", "_mechanism", "_busy", "_queue", "_in_feed", "_need_reset", "_timer",
                  "_auth_timer", "_last_activity", "_full", "_bare", "acks", "_awaiting_ack",
-                 "_since_request", "_request_timer", "_ack_timer", "_csi", "parser")
+                 "_since_request", "_request_timer", "_ack_timer", "_csi", "parser", "_binding")
 
     def __init__(self, factory: "ClientStreamFactory", direct_tls: bool = False) -> None:
         self.transport: Any = None
@@ -75,6 +74,7 @@ class ClientStream(protocol.Protocol):
         self.factory = factory
         self.config = factory.config
         self.secure = direct_tls
+        self._binding: Any = None       # TLS channel-binding data, once worked out (until SASL ends)
         self.jid: JID | None = None
         self.domain: str = ""
         self.username: str | None = None
@@ -710,6 +710,7 @@ class ClientStream(protocol.Protocol):
         if isinstance(result, SaslSuccess):
             self.username = result.username
             self._exchange = None
+            self._binding = None
             self._log.debug("{user}@{domain} authenticated with {mechanism} from {peer}",
                            user=result.username, domain=self.domain, mechanism=self._mechanism,
                            peer=self._peer())
