@@ -316,11 +316,23 @@ def scenarios(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         ("idle", ["idle", "--users", str(args.users), "--concurrency", "50", "--duration", "3"]),
         ("login", ["login", "--users", str(args.users), "--concurrency", str(args.login_concurrency)]),
         ("chat", ["chat", "--pairs", str(args.pairs), "--window", str(args.window), "--duration",
-                  str(args.chat_duration)]),
+                  str(args.chat_duration), "--workers", str(args.workers)]),
+        ("rtt", []),    # soak --echo at half of this server's best chat throughput: see rtt_argv
         ("presence", ["presence", "--users", str(args.presence_users), "--duration", "5", "--interval", "0.05"]),
         ("soak", ["soak", "--pairs", str(args.pairs), "--rate", str(args.soak_rate), "--duration",
-                  str(args.soak_duration), "--warmup", "2"]),
+                  str(args.soak_duration), "--warmup", "2", "--workers", str(args.workers)]),
     ]
+
+
+def rtt_argv(args: argparse.Namespace, chat_reports: list[dict[str, Any]]) -> list[str] | None:
+    """Round trips at half of the server's maximum throughput: the best chat run's delivered
+    msgs/s (requests and echoes) halved, carried by ``soak --echo`` (R each way = half / 2)."""
+    top = best(chat_reports, "msgs_per_s")
+    if top is None:
+        return None
+    rate = max(round(top["figures"]["msgs_per_s"] / 4), 1)
+    return ["soak", "--echo", "--pairs", str(args.pairs), "--rate", str(rate), "--duration",
+            str(args.rtt_duration), "--warmup", "2", "--workers", str(args.workers)]
 
 
 def run_tool(server: Server, name: str, argv: list[str], out: Path, tag: str) -> dict[str, Any] | None:
@@ -357,12 +369,15 @@ ROWS = [
     ("chat: server CPU (% of a core)", "chat", "server_cpu_pct", None, "{:.0f}"),
     ("chat: server CPU per delivered message (us)", "chat", "server_us_per_msg", False, "{:.0f}"),
     ("presence: fan-out complete p99 (ms)", "presence", "fanout_p99_ms", False, "{:.1f}"),
+    ("half of max load: msgs/s each way (soak --echo)", "rtt", "rate", None, "{:.0f}"),
+    ("half of max load: round trip p50 (ms)", "rtt", "p50_ms", False, "{:.1f}"),
+    ("half of max load: round trip p99 (ms)", "rtt", "p99_ms", False, "{:.1f}"),
     ("soak: one-way latency p99 (ms)", "soak", "p99_ms", False, "{:.1f}"),
     ("soak: lost + duplicated", "soak", "lost_dup", False, "{:.0f}"),
 ]
 
 PRIMARY = {"idle": ("kib_per_connection", False), "login": ("logins_per_s", True), "chat": ("msgs_per_s", True),
-           "presence": ("fanout_p99_ms", False), "soak": ("p99_ms", False)}
+           "presence": ("fanout_p99_ms", False), "soak": ("p99_ms", False), "rtt": ("p99_ms", False)}
 
 
 def table(results: dict[str, dict[str, list[dict[str, Any]]]], versions: dict[str, str]) -> str:
@@ -404,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presence-users", type=int, default=30)
     parser.add_argument("--soak-rate", type=float, default=500.0)
     parser.add_argument("--soak-duration", type=float, default=30.0)
+    parser.add_argument("--rtt-duration", type=float, default=20.0,
+                        help="seconds of soak --echo at half of the chat maximum")
+    parser.add_argument("--workers", type=int, default=2, help="load-tool processes for chat and soak (default 2)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per scenario; the table keeps the best")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the whole set")
     parser.add_argument("--out", default="", help="output folder (default: a new temporary one)")
@@ -418,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         SERVER_TREE[0] = Path(args.server_tree).resolve()
     if args.quick:
         args.users, args.pairs, args.chat_duration, args.presence_users = 100, 10, 3.0, 10
-        args.soak_rate, args.soak_duration = 100.0, 5.0
+        args.soak_rate, args.soak_duration, args.rtt_duration = 100.0, 5.0, 3.0
     out = Path(args.out or tempfile.mkdtemp(prefix="tigasepy-bench-")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="tigasepy-bench-work-"))
@@ -440,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
                 for scenario, argv_ in scenarios(args):
                     if scenario == "idle" and tag:
                         continue        # RSS per connection is only meaningful on a fresh server
+                    if scenario == "rtt":
+                        argv_ = rtt_argv(args, results[name].get("chat", []))
+                        if argv_ is None:
+                            continue
                     report = run_tool(server, scenario, argv_, out, str(tag))
                     results[name].setdefault(scenario, []).append(report)
         except Exception as e:

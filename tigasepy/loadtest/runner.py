@@ -277,7 +277,8 @@ def _figures(report: dict[str, Any], spec: RunSpec, latency: Histogram, login_la
                  if server_cpu_s and delivered else None)
         if spec.scenario == "soak":
             f["rate"] = spec.rate
-            f["achieved_send_rate"] = report["extra"].get("achieved_send_rate")
+            achieved = report["extra"].get("achieved_send_rate")
+            f["achieved_send_rate"] = round(achieved, 1) if achieved is not None else None
             f["rss_drift_pct"] = rss_drift(samples, spec)
             if spec.echo:
                 f["echoes"] = c.get("echoes", 0)
