@@ -66,25 +66,18 @@ def test_no_parking_inside_a_stanza_or_a_partial_tag():
     assert r.elements[-1]["a"] == ">"
 
 
-def test_limits_and_rules_hold_after_parking():
+@pytest.mark.parametrize("data, condition", [
+    (b"<message><body>" + b"x" * 300 + b"</body></message>", "policy-violation"),
+    (b"text", "bad-format"),
+    (b"<!-- no -->", "restricted-xml"),
+])
+def test_limits_and_rules_hold_after_parking(data: bytes, condition: str):
     r = Recorder(max_stanza_bytes=200)
     r.parser.feed(HEADER)
     assert r.parser.park()
     with pytest.raises(StreamParseError) as e:
-        r.parser.feed(b"<message><body>" + b"x" * 300 + b"</body></message>")
-    assert e.value.condition == "policy-violation"
-    r = Recorder()
-    r.parser.feed(HEADER)
-    assert r.parser.park()
-    with pytest.raises(StreamParseError) as e:
-        r.parser.feed(b"text")
-    assert e.value.condition == "bad-format"
-    r = Recorder()
-    r.parser.feed(HEADER)
-    assert r.parser.park()
-    with pytest.raises(StreamParseError) as e:
-        r.parser.feed(b"<!-- no -->")
-    assert e.value.condition == "restricted-xml"
+        r.parser.feed(data)
+    assert e.value.condition == condition
 
 
 def test_reset_after_parking_wants_a_new_header():
