@@ -253,3 +253,25 @@ def test_c2s_listeners_use_the_configured_backlog(tmp_path):
     service = build_service(config, MemoryReactorClock())
     assert service.c2s_endpoint(config.c2s, direct_tls=False)._backlog == 77
     assert service.c2s_endpoint(config.c2s, direct_tls=True)._backlog == 77
+
+
+def test_startup_objects_are_frozen_out_of_gc_once_the_service_has_started() -> None:
+    """twistd's service is frozen only when its start completes (stores and listeners up),
+    so what start-up allocated is not walked by every later full collection."""
+    import gc
+
+    from twisted.internet import defer
+
+    class Starting:
+        started: defer.Deferred = defer.Deferred()
+
+    service = Starting()
+    gc.unfreeze()
+    try:
+        tap.freeze_after_start(service)
+        assert gc.get_freeze_count() == 0          # not before the start has finished
+        service.started.callback("up")
+        assert gc.get_freeze_count() > 0
+        assert service.started.result == "up"      # the start's result is passed on
+    finally:
+        gc.unfreeze()
