@@ -314,7 +314,8 @@ def scenarios(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     """The standard set: (name, loadtest arguments). Idle runs first, on a fresh server."""
     return [
         ("idle", ["idle", "--users", str(args.users), "--concurrency", "50", "--duration", "3"]),
-        ("login", ["login", "--users", str(args.users), "--concurrency", str(args.login_concurrency)]),
+        ("login", ["login", "--users", str(args.users), "--concurrency", str(args.login_concurrency),
+                   "--workers", str(args.workers)]),
         ("chat", ["chat", "--pairs", str(args.pairs), "--window", str(args.window), "--duration",
                   str(args.chat_duration), "--workers", str(args.workers)]),
         ("rtt", []),    # soak --echo at half of this server's best chat throughput: see rtt_argv
@@ -421,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-duration", type=float, default=30.0)
     parser.add_argument("--rtt-duration", type=float, default=20.0,
                         help="seconds of soak --echo at half of the chat maximum")
-    parser.add_argument("--workers", type=int, default=2, help="load-tool processes for chat and soak (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="load-tool processes for login, chat and soak (default 2)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per scenario; the table keeps the best")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the whole set")
     parser.add_argument("--out", default="", help="output folder (default: a new temporary one)")
