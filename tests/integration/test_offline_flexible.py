@@ -40,7 +40,12 @@ async def test_headers_first_then_no_flood_then_view_remove_and_purge(clients: C
     await alice.ping_server()
 
     bob = await flexible_client(clients, "bob", "b")
-    info = await bob.plugin["xep_0013"].get_count(timeout=5)
+    # The ping proves the server read the messages, not that storing them has finished.
+    for _ in range(50):
+        info = await bob.plugin["xep_0013"].get_count(timeout=5)
+        if count_of(info) == "3":
+            break
+        await asyncio.sleep(0.05)
     assert count_of(info) == "3"
     items = await bob.plugin["xep_0013"].get_headers(timeout=5)
     headers = items["disco_items"]["items"]             # (jid, node, name)

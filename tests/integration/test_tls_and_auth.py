@@ -441,3 +441,23 @@ async def test_configured_key_exchange_groups_limit_what_starttls_agrees_on(
     up on P-256 and still logs in."""
     group = await asyncio.to_thread(_login_key_exchange, xmpp_server, accounts["alice"])
     assert group in ("prime256v1", "secp256r1", "P-256")
+
+
+# -- TCP ------------------------------------------------------------------------------------
+
+def _nagle_off(stream: Any) -> bool:
+    import socket
+
+    return bool(stream.transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+@asyncio_test
+async def test_client_connections_send_at_once_without_nagle(
+        xmpp_server: RunningServer, clients: ClientPool) -> None:
+    """Both client listeners turn Nagle's algorithm off (TCP_NODELAY): a stanza written right
+    after another must not wait for the client's delayed ACK (40 ms on Linux)."""
+    await clients.login("alice", resource="starttls")
+    await clients.login("carol", resource="direct", direct_tls=True)
+    streams = {s.resource: s.handle for s in xmpp_server.service.sm.all_sessions()}
+    assert set(streams) == {"starttls", "direct"}
+    assert all(_nagle_off(stream) for stream in streams.values())

@@ -61,6 +61,7 @@ from tigasepy.c2s.csi import holdable
 from tigasepy.config import ConfigError, LinkConfig
 from tigasepy.log_level import Logger
 from tigasepy.stream.parser import StreamParseError, StreamParser
+from tigasepy.stream.tcp import send_at_once
 from tigasepy.xmpp.serialize import to_xml
 
 __all__ = [
@@ -567,10 +568,7 @@ class LinkProtocol(Int32StringReceiver):
 
     # -- connection life cycle -----------------------------------------------------------
     def connectionMade(self) -> None:
-        try:
-            self.transport.setTcpNoDelay(True)   # small frames, often answered: no Nagle delay
-        except Exception:  # noqa: BLE001 - not a TCP transport (tests)
-            pass
+        send_at_once(self.transport)
         self._last_received = self.clock.seconds()
         self._handshake_timer = self.clock.callLater(self.settings.config.handshake_timeout_s,
                                                      self._handshake_expired)
