@@ -38,6 +38,7 @@ from tigasepy.sm.manager import SessionManager
 from tigasepy.storage.factory import open_stores
 from tigasepy import tls
 from tigasepy.storage.outage import log_failure
+from tigasepy.stream.tcp import WriteNowEndpoint, supports_write_now
 
 
 class ListenerService(service.Service):
@@ -224,6 +225,10 @@ class TigaseService(service.MultiService):
 
     def c2s_endpoint(self, c2s: Any, direct_tls: bool) -> Any:
         """The server endpoint of a c2s listener for the ``[c2s]`` section ``c2s``."""
+        if supports_write_now(self.reactor):
+            return WriteNowEndpoint(self.reactor, c2s.direct_tls_port if direct_tls else c2s.port,
+                                    backlog=c2s.listen_backlog, interface=c2s.interface,
+                                    tls_context=self.tls_context if direct_tls else None)
         if direct_tls:
             return endpoints.SSL4ServerEndpoint(self.reactor, c2s.direct_tls_port, self.tls_context,
                                                 backlog=c2s.listen_backlog, interface=c2s.interface)

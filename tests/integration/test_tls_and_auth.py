@@ -452,7 +452,7 @@ def _nagle_off(stream: Any) -> bool:
 
 
 @asyncio_test
-async def test_client_connections_send_at_once_without_nagle(
+async def test_client_connections_disable_nagle_without_nagle(
         xmpp_server: RunningServer, clients: ClientPool) -> None:
     """Both client listeners turn Nagle's algorithm off (TCP_NODELAY): a stanza written right
     after another must not wait for the client's delayed ACK (40 ms on Linux)."""

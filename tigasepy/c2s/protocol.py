@@ -28,7 +28,7 @@ from tigasepy.interfaces import (
 )
 from tigasepy.log_level import Logger
 from tigasepy.stream.parser import StreamParseError, StreamParser, parse_stanza
-from tigasepy.stream.tcp import send_at_once
+from tigasepy.stream.tcp import disable_nagle
 from tigasepy.xmpp import namespaces as ns
 from tigasepy.xmpp.errors import StanzaError, stream_error
 from tigasepy.xmpp.serialize import to_xml
@@ -111,7 +111,7 @@ class ClientStream(protocol.Protocol):
 
     # -- connection life cycle ----------------------------------------------------------
     def connectionMade(self) -> None:
-        send_at_once(self.transport)
+        disable_nagle(self.transport)
         clock = self.factory.clock
         self._last_activity = clock.seconds()
         self._timer = clock.callLater(self.config.idle_timeout_s, self._check_idle)

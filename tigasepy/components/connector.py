@@ -35,7 +35,7 @@ from tigasepy.components.external import handshake_digest
 from tigasepy.interfaces import IComponent, IRouter
 from tigasepy.log_level import Logger
 from tigasepy.stream.parser import StreamParseError, StreamParser
-from tigasepy.stream.tcp import send_at_once
+from tigasepy.stream.tcp import disable_nagle
 from tigasepy.xmpp import namespaces as ns
 from tigasepy.xmpp.errors import stream_error
 from tigasepy.xmpp.serialize import to_xml
@@ -94,7 +94,7 @@ class ComponentClientStream(protocol.Protocol):
         self.parser.content_namespace = ns.COMPONENT
 
     def connectionMade(self) -> None:
-        send_at_once(self.transport)
+        disable_nagle(self.transport)
         try:
             self.transport.setTcpKeepAlive(1)
         except (AttributeError, OSError):

@@ -36,7 +36,7 @@ from tigasepy.interfaces import IComponent, IRouter
 from tigasepy.log_level import Logger
 from tigasepy.sm.dispatch import error_reply_for
 from tigasepy.stream.parser import StreamParseError, StreamParser
-from tigasepy.stream.tcp import send_at_once
+from tigasepy.stream.tcp import disable_nagle
 from tigasepy.xmpp import namespaces as ns
 from tigasepy.xmpp.errors import StanzaError, stream_error
 from tigasepy.xmpp.jid import InvalidFormat, domain_of, parse_jid
@@ -123,7 +123,7 @@ class ComponentAcceptStream(protocol.Protocol):
 
     # -- connection life cycle ----------------------------------------------------------
     def connectionMade(self) -> None:
-        send_at_once(self.transport)
+        disable_nagle(self.transport)
         clock = self.factory.clock
         self._last_activity = clock.seconds()
         self._handshake_timer = clock.callLater(self.config.handshake_timeout_s, self._handshake_overdue)

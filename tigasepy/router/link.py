@@ -61,7 +61,7 @@ from tigasepy.c2s.csi import holdable
 from tigasepy.config import ConfigError, LinkConfig
 from tigasepy.log_level import Logger
 from tigasepy.stream.parser import StreamParseError, StreamParser
-from tigasepy.stream.tcp import send_at_once
+from tigasepy.stream.tcp import disable_nagle
 from tigasepy.xmpp.serialize import to_xml
 
 __all__ = [
@@ -568,7 +568,7 @@ class LinkProtocol(Int32StringReceiver):
 
     # -- connection life cycle -----------------------------------------------------------
     def connectionMade(self) -> None:
-        send_at_once(self.transport)
+        disable_nagle(self.transport)
         self._last_received = self.clock.seconds()
         self._handshake_timer = self.clock.callLater(self.settings.config.handshake_timeout_s,
                                                      self._handshake_expired)

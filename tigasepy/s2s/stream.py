@@ -20,7 +20,7 @@ from twisted.words.xish import domish
 from tigasepy.log_level import Logger
 from tigasepy.s2s.dialback import NS_DIALBACK
 from tigasepy.stream.parser import StreamParseError, StreamParser
-from tigasepy.stream.tcp import send_at_once
+from tigasepy.stream.tcp import disable_nagle
 from tigasepy.xmpp import namespaces as ns
 from tigasepy.xmpp.errors import stream_error
 from tigasepy.xmpp.jid import domain_of
@@ -99,7 +99,7 @@ class ServerStream(protocol.Protocol):
 
     # -- life cycle ---------------------------------------------------------------------
     def connectionMade(self) -> None:
-        send_at_once(self.transport)
+        disable_nagle(self.transport)
         self._last_activity = self.clock.seconds()
         self._idle_timer = self.clock.callLater(self.config.idle_timeout_s, self._check_idle)
 
