@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
 from tigasepy.config import Config, ConfigError
 from tigasepy.log_level import Logger, set_log_level
 

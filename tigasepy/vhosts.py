@@ -20,7 +20,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-
 from tigasepy.config import AuthConfig, Config, ConfigError
 from tigasepy.log_level import Logger
 
