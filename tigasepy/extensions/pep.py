@@ -765,29 +765,26 @@ class PersonalEventing:
 
 def new_conference(legacy: domish.Element) -> domish.Element:
     """A XEP-0048 ``<conference/>`` as XEP-0402's (jid becomes the item id)."""
-    conference = domish.Element((BOOKMARKS2, "conference"))
-    if legacy.getAttribute("name"):
-        conference["name"] = legacy["name"]
-    conference["autojoin"] = "true" if legacy.getAttribute("autojoin") in ("1", "true") else "false"
-    for name in ("nick", "password"):
-        child = next((c for c in element_children(legacy) if c.name == name), None)
-        if child is not None and str(child):
-            conference.addElement(name, content=str(child))
-    return conference
+    return _carry_conference(legacy, domish.Element((BOOKMARKS2, "conference")))
 
 
 def legacy_conference(room: str, conference: domish.Element) -> domish.Element:
     """A XEP-0402 ``<conference/>`` (with its room JID) as XEP-0048's."""
     legacy = domish.Element((LEGACY_BOOKMARKS, "conference"))
     legacy["jid"] = room
-    if conference.getAttribute("name"):
-        legacy["name"] = conference["name"]
-    legacy["autojoin"] = "true" if conference.getAttribute("autojoin") in ("1", "true") else "false"
+    return _carry_conference(conference, legacy)
+
+
+def _carry_conference(source: domish.Element, target: domish.Element) -> domish.Element:
+    """Copy what both bookmark formats share (name, autojoin, nick, password) into ``target``."""
+    if source.getAttribute("name"):
+        target["name"] = source["name"]
+    target["autojoin"] = "true" if source.getAttribute("autojoin") in ("1", "true") else "false"
     for name in ("nick", "password"):
-        child = next((c for c in element_children(conference) if c.name == name), None)
+        child = next((c for c in element_children(source) if c.name == name), None)
         if child is not None and str(child):
-            legacy.addElement(name, content=str(child))
-    return legacy
+            target.addElement(name, content=str(child))
+    return target
 
 
 def conferences(xml: str) -> Iterable[str]:
